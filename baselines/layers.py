@@ -1,0 +1,27 @@
+"""Layers shared by several baselines."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GatedAttention(nn.Module):
+    """Gated attention scores a_i = w^T (tanh(V h_i) * sigmoid(U h_i)) (Ilse et al. 2018, Eq. 9).
+
+    Layout follows CLAM's ``Attn_Net_Gated`` (``attention_a``/``attention_b``/``attention_c``) so
+    official state_dicts load by name. Input (N, L) -> scores (N, n_out), pre-softmax.
+    """
+
+    def __init__(self, dim: int = 512, hidden: int = 256, dropout: float = 0.0, n_out: int = 1):
+        super().__init__()
+        a = [nn.Linear(dim, hidden), nn.Tanh()]
+        b = [nn.Linear(dim, hidden), nn.Sigmoid()]
+        if dropout:
+            a.append(nn.Dropout(dropout))
+            b.append(nn.Dropout(dropout))
+        self.attention_a = nn.Sequential(*a)
+        self.attention_b = nn.Sequential(*b)
+        self.attention_c = nn.Linear(hidden, n_out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (N, L) -> (N, n_out)
+        return self.attention_c(self.attention_a(h) * self.attention_b(h))

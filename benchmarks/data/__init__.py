@@ -1,0 +1,1 @@
+"""Data layer: bags, cohorts, readers, the simulated cohort."""
