@@ -77,6 +77,11 @@ class MILModel(nn.Module):
     def on_step_end(self) -> None:
         """Called after each optimizer step."""
 
+    def stage_options(self, stage: str) -> dict:
+        """Per-stage engine options, e.g. ``{"max_epochs": 20, "early_stopping": False}`` for a
+        teacher pre-training stage. Empty: the protocol's defaults."""
+        return {}
+
     def trainable_parameters(self):
         """Parameters the engine's optimizer updates in the current stage (default: all)."""
         return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,58 @@
+"""``python -m benchmarks <command>``: the CLI only parses and dispatches (STYLE.md 12).
+
+Each command module (imported on use) exposes ``add_arguments(parser)`` and ``main(args) -> int``;
+its help is the docstring of its ``main``. A user error prints one line and exits with 2;
+``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS = {
+    "run": ("benchmarks.runner", "run a suite: cross-validation, ablation and memory grids, tables"),
+    "list": ("benchmarks.registry", "list registered methods, families, needs and variants"),
+    "config": ("benchmarks.protocol", "print a suite's resolved protocol"),
+    "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks",
+                                     description="MoMKD benchmark suite: methods, protocol, tables.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    for name, (mod, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        try:
+            importlib.import_module(mod).add_arguments(p)
+        except ModuleNotFoundError as e:  # a command whose module is not installed yet
+            p.set_defaults(_unavailable=str(e))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    if getattr(args, "_unavailable", None):
+        print(f"error: command {args.command} is unavailable: {args._unavailable}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.main(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        if args.debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""``Cohort``: a manifest plus a bag source (simulated or feature files) and optional omics.
+
+A cohort is described by a picklable :class:`CohortSource` (what worker processes receive) and
+loaded once per process (:func:`load_cohort` caches it), so bags are read once and kept in memory:
+features are never re-read per epoch and each slide's kNN graph is built once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.data.bag import Bag
+
+_CACHE: dict[str, "Cohort"] = {}
+
+
+@dataclass(frozen=True)
+class CohortSource:
+    """How to obtain a cohort. ``kind`` is ``simulated`` or ``files``."""
+
+    kind: str = "simulated"
+    name: str = "tcga_brca"
+    scale: str = "small"  # simulated
+    seed: int = 0  # simulated
+    external: bool = False  # simulated: the second site
+    manifest: str | None = None  # files
+    features_dir: str | None = None  # files
+    omics: str | None = None  # files (optional)
+    label_maps: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # files: column -> raw -> class
+    skip_bad_slides: bool = False
+    feature_dtype: str = "float32"  # storage dtype in memory ("float16" halves it; cast per step)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Cohort:
+    name: str
+    manifest: pd.DataFrame  # slide_id, case_id, site, one Int64 column per task
+    features: Mapping[str, Any]  # slide_id -> (N, D) array/tensor (or a lazy mapping)
+    coords: Mapping[str, Any] | None
+    omics: pd.DataFrame | None  # index case_id
+    fingerprint: str
+    source: CohortSource
+    skipped: list[Any] = field(default_factory=list)  # DataProblems of dropped slides
+    _bags: dict[str, Bag] = field(default_factory=dict, repr=False)
+
+    @property
+    def slide_ids(self) -> list[str]:
+        return self.manifest["slide_id"].tolist()
+
+    @property
+    def has_coords(self) -> bool:
+        return self.coords is not None
+
+    @property
+    def has_omics(self) -> bool:
+        return self.omics is not None
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.bag(self.slide_ids[0]).features.shape[1])
+
+    @property
+    def omics_dim(self) -> int | None:
+        return None if self.omics is None else int(self.omics.shape[1])
+
+    def tasks(self) -> list[str]:
+        return [c for c in self.manifest.columns if c not in ("slide_id", "case_id", "site")]
+
+    def labelled(self, task: str) -> pd.DataFrame:
+        return self.manifest.loc[self.manifest[task].notna()]
+
+    def bag(self, slide_id: str) -> Bag:
+        """The slide's bag, built once and cached (features kept in memory, graph cached on it)."""
+        b = self._bags.get(slide_id)
+        if b is None:
+            row = self._row(slide_id)
+            feats = self.features[slide_id]
+            feats = feats if torch.is_tensor(feats) else torch.from_numpy(np.ascontiguousarray(feats))
+            feats = feats.to(getattr(torch, self.source.feature_dtype))
+            xy = None
+            if self.coords is not None and self.coords.get(slide_id) is not None:
+                c = self.coords[slide_id]
+                xy = c if torch.is_tensor(c) else torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))
+            labels = {t: (None if pd.isna(row[t]) else int(row[t])) for t in self.tasks()}
+            b = Bag(slide_id=slide_id, case_id=str(row["case_id"]), features=feats, coords=xy,
+                    labels=labels, site=str(row.get("site", "")))
+            self._bags[slide_id] = b
+        return b
+
+    def _row(self, slide_id: str) -> pd.Series:
+        if not hasattr(self, "_index"):
+            self._index = self.manifest.set_index("slide_id", drop=False)
+        try:
+            return self._index.loc[slide_id]
+        except KeyError:
+            raise KeyError(f"slide {slide_id} is not in cohort {self.name}'s manifest") from None
+
+    def class_counts(self, task: str) -> dict[str, int]:
+        """Patient-level class counts of a task (as the paper reports them)."""
+        per_case = self.labelled(task).groupby("case_id")[task].first()
+        return {"positive": int((per_case == 1).sum()), "negative": int((per_case == 0).sum()),
+                "unlabelled_cases": int(self.manifest["case_id"].nunique() - per_case.shape[0])}
+
+
+def _fingerprint(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _simulated(src: CohortSource) -> Cohort:
+    from benchmarks.data import simulated as sim
+
+    sc = sim.simulate_external(src.scale, seed=src.seed) if src.external else sim.simulate(src.scale, seed=src.seed)
+    manifest = sc.manifest.copy()
+    for t in ("her2", "pr", "odx"):
+        if t in manifest:
+            manifest[t] = manifest[t].astype("Int64")
+    fp = _fingerprint({"kind": "simulated", "scale": src.scale, "seed": src.seed, "external": src.external,
+                       "config": repr(sc.config)})
+    return Cohort(name=src.name + ("_external" if src.external else ""), manifest=manifest, features=sc.features,
+                  coords=sc.coords, omics=sc.omics, fingerprint=fp, source=src)
+
+
+def _files(src: CohortSource) -> Cohort:
+    from benchmarks.data import readers, validate
+
+    if not src.manifest or not src.features_dir:
+        raise ValueError("a file cohort needs a manifest CSV and a features folder")
+    label_maps = {col: dict(m) for col, m in src.label_maps}
+    manifest = readers.read_manifest(src.manifest, label_maps)
+    omics = readers.read_omics_table(src.omics) if src.omics else None
+    paths: dict[str, Path] = {}
+    problems = []
+    for sid in manifest["slide_id"]:
+        try:
+            paths[sid] = readers.find_feature_file(src.features_dir, sid)
+        except readers.DataError as e:  # type: ignore[attr-defined]
+            problems.extend(e.problems)
+    feats: dict[str, np.ndarray] = {}
+    coords: dict[str, np.ndarray | None] = {}
+    dim = None
+    from tqdm.auto import tqdm
+
+    for sid, p in tqdm(paths.items(), desc=f"reading {len(paths)} feature files", leave=False,
+                       disable=len(paths) < 50):
+        try:
+            f, c = readers.read_bag_file(p, slide_id=sid)
+        except readers.DataError as e:  # type: ignore[attr-defined]
+            problems.extend(e.problems)
+            continue
+        probs = readers.check_bag_arrays(sid, p, f, c, expected_dim=dim)
+        if probs:
+            problems.extend(probs)
+            continue
+        dim = dim or f.shape[1]
+        feats[sid], coords[sid] = f, c
+    problems.extend(validate.validate_cohort(manifest, paths, omics, need_omics=False, tasks=list(label_maps)))
+    kept = validate.raise_if_problems(problems, skip_bad=src.skip_bad_slides)
+    bad = {p.slide_id for p in kept if p.slide_id}
+    manifest = manifest.loc[~manifest["slide_id"].isin(bad) & manifest["slide_id"].isin(list(feats))]
+    manifest = manifest.reset_index(drop=True)
+    has_coords = all(coords.get(s) is not None for s in manifest["slide_id"])
+    fp = _fingerprint({"kind": "files", "manifest": pd.util.hash_pandas_object(manifest).sum(),
+                       "files": sorted((s, paths[s].stat().st_size) for s in manifest["slide_id"]),
+                       "omics": None if omics is None else int(pd.util.hash_pandas_object(omics).sum())})
+    return Cohort(name=src.name, manifest=manifest, features=feats, coords=coords if has_coords else None,
+                  omics=omics, fingerprint=fp, source=src, skipped=kept)
+
+
+def load_cohort(src: CohortSource) -> Cohort:
+    """Load (once per process) the cohort a source describes."""
+    key = src.key()
+    if key not in _CACHE:
+        _CACHE[key] = _simulated(src) if src.kind == "simulated" else _files(src)
+    return _CACHE[key]

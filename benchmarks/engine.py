@@ -1,0 +1,235 @@
+"""Train and evaluate one job with the generic one-slide-per-step loop (DESIGN.md "Protocol").
+
+AdamW, cosine schedule, class-balanced sampling option, gradient clipping, early stopping on
+validation AUC with patience, best checkpoint by validation AUC, threshold chosen on validation
+when asked. The test and external parts are only predicted, after every choice is made.
+Seeded; deterministic on CPU; CUDA + bf16 autocast when available. Multi-stage methods (e.g.
+teachers first) run each stage in order on the same training split.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import random
+import subprocess
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from benchmarks.metrics import binary_metrics, choose_threshold
+from benchmarks.protocol import ProtocolConfig
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """One place that seeds python, numpy and torch (STYLE.md 14)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def select_device(protocol: ProtocolConfig) -> torch.device:
+    if protocol.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(protocol.device)
+
+
+def _autocast(device: torch.device, protocol: ProtocolConfig):
+    if device.type == "cuda" and protocol.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _positive_prob(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float().reshape(1, -1)
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, bags: Sequence[Any], device: torch.device,
+            protocol: ProtocolConfig) -> np.ndarray:
+    """Positive-class probability per bag, from slide features only (omics stripped)."""
+    model.eval()
+    out = []
+    with _autocast(device, protocol):
+        for b in bags:
+            if getattr(b, "omics", None) is not None:
+                raise RuntimeError(f"slide {b.slide_id}: evaluation bags must not carry omics")
+            out.append(_positive_prob(model(b).logits))
+    return torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
+
+
+def _labels(bags: Sequence[Any]) -> np.ndarray:
+    return np.array([int(b.label) for b in bags])
+
+
+def _selection_score(y: np.ndarray, p: np.ndarray) -> float:
+    """Validation AUC; negative log-loss when the validation part has one class only."""
+    if len(np.unique(y)) == 2:
+        return float(binary_metrics(y, p)["auc"])
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+
+def _epoch_order(train_bags: Sequence[Any], balanced: bool, gen: torch.Generator) -> list[int]:
+    n = len(train_bags)
+    if not balanced:
+        return torch.randperm(n, generator=gen).tolist()
+    y = torch.tensor([int(b.label) for b in train_bags])
+    counts = torch.bincount(y).float()
+    w = 1.0 / counts[y]
+    return torch.multinomial(w, n, replacement=True, generator=gen).tolist()
+
+
+def environment() -> dict[str, Any]:
+    import sklearn
+    import torch_geometric
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except Exception:  # pragma: no cover - git missing
+        commit = ""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torch_geometric": torch_geometric.__version__, "sklearn": sklearn.__version__,
+            "numpy": np.__version__, "platform": platform.platform(), "git_commit": commit,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads()}
+
+
+def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[Any],
+        protocol: ProtocolConfig, seed: int, device: torch.device | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Train every stage of ``model`` in place; keep the best validation checkpoint per stage.
+
+    Returns the loss curve (one row per stage x epoch) and the best epoch of the last stage.
+    """
+    device = device or select_device(protocol)
+    gen = torch.Generator().manual_seed(seed)
+    curve: list[dict[str, Any]] = []
+    y_val = _labels(val_bags)
+    best_epoch = -1
+    for stage in getattr(model, "stages", ("main",)):
+        if hasattr(model, "set_stage"):
+            model.set_stage(stage)
+        opts = model.stage_options(stage) if hasattr(model, "stage_options") else {}
+        max_epochs = int(opts.get("max_epochs", protocol.max_epochs))
+        early = bool(opts.get("early_stopping", True))
+        if hasattr(model, "on_fit_start"):
+            model.train()
+            model.on_fit_start(list(train_bags))
+        params = (model.trainable_parameters() if hasattr(model, "trainable_parameters")
+                  else [p for p in model.parameters() if p.requires_grad])
+        opt = torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
+        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
+                 if protocol.scheduler == "cosine" else None)
+        best_score, best_state, since_best = -math.inf, None, 0
+        for epoch in range(max_epochs):
+            model.train()
+            if hasattr(model, "on_epoch_start"):
+                model.on_epoch_start(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            t0 = time.perf_counter()
+            order = _epoch_order(train_bags, protocol.balanced_sampling, gen)
+            for i in order:
+                bag = train_bags[i]
+                with _autocast(device, protocol):
+                    out = model(bag)
+                    terms = model.loss(out, bag)
+                total = terms["total"]
+                if not torch.isfinite(total):
+                    raise FloatingPointError(f"stage {stage} epoch {epoch}: non-finite loss on slide {bag.slide_id}"
+                                             f" ({ {k: float(v) for k, v in terms.items()} })")
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                if protocol.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, protocol.grad_clip)
+                opt.step()
+                if hasattr(model, "on_step_end"):
+                    model.on_step_end()
+                for k, v in terms.items():  # summed on device; one host sync per epoch
+                    v = v.detach().float()
+                    sums[k] = sums[k] + v if k in sums else v
+            if sched is not None:
+                sched.step()
+            p_val = predict(model, val_bags, device, protocol)
+            score = _selection_score(y_val, p_val)
+            row = {"stage": stage, "epoch": epoch, "train_s": time.perf_counter() - t0,
+                   **{f"train_{k}": float(v) / max(1, len(order)) for k, v in sums.items()},
+                   "val_score": score}
+            if len(np.unique(y_val)) == 2:
+                row["val_auc"] = score
+            curve.append(row)
+            if on_epoch:
+                on_epoch(row)
+            if score > best_score or best_state is None or not early:
+                best_score, since_best, best_epoch = score, 0, epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if early and epoch + 1 >= protocol.min_epochs and since_best >= protocol.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+    return {"curve": curve, "best_epoch": best_epoch}
+
+
+def evaluate(model: torch.nn.Module, val_bags, test_bags, external_bags, protocol: ProtocolConfig,
+             device: torch.device | None = None) -> dict[str, Any]:
+    """Threshold from validation (or 0.5); metrics and per-slide predictions for each part."""
+    device = device or select_device(protocol)
+    p_val = predict(model, val_bags, device, protocol)
+    y_val = _labels(val_bags)
+    thr = 0.5
+    if protocol.threshold == "val_f1":
+        thr = choose_threshold(y_val, p_val, "f1")
+    elif protocol.threshold == "val_youden":
+        thr = choose_threshold(y_val, p_val, "youden")
+    res: dict[str, Any] = {"threshold": thr, "metrics": {}, "predictions": {}}
+    for part, bags, p in (("val", val_bags, p_val), ("test", test_bags, None), ("external", external_bags, None)):
+        if not bags:
+            res["metrics"][part] = None
+            res["predictions"][part] = []
+            continue
+        if p is None:
+            p = predict(model, bags, device, protocol)
+        y = _labels(bags)
+        res["metrics"][part] = binary_metrics(y, p, thr)
+        res["predictions"][part] = [{"slide_id": b.slide_id, "case_id": b.case_id, "y": int(yy), "p": float(pp)}
+                                    for b, yy, pp in zip(bags, y, p)]
+    return res
+
+
+def run_job(model: torch.nn.Module, train_bags, val_bags, test_bags, external_bags,
+            protocol: ProtocolConfig, seed: int) -> dict[str, Any]:
+    """Fit then evaluate; returns the result body (the runner adds the job description)."""
+    device = select_device(protocol)
+    model.to(device)
+    mv = (lambda bs: [b.to(device) for b in bs]) if device.type != "cpu" else (lambda bs: list(bs))
+    train_bags, val_bags, test_bags, external_bags = map(mv, (train_bags, val_bags, test_bags, external_bags))
+    t0 = time.perf_counter()
+    fitted = fit(model, train_bags, val_bags, protocol, seed, device)
+    t1 = time.perf_counter()
+    res = evaluate(model, val_bags, test_bags, external_bags, protocol, device)
+    t2 = time.perf_counter()
+    res.update(curve=fitted["curve"], best_epoch=fitted["best_epoch"],
+               n_train=len(train_bags), n_val=len(val_bags), n_test=len(test_bags),
+               timings={"fit_s": t1 - t0, "eval_s": t2 - t1,
+                        "steps": sum(1 for _ in fitted["curve"]) * len(train_bags)},
+               env=environment())
+    return res
+
+
+def configure_threads(workers: int) -> int:
+    """Give each of ``workers`` processes cores // workers torch threads (no oversubscription)."""
+    n = max(1, (os.cpu_count() or 1) // max(1, workers))
+    torch.set_num_threads(n)
+    return n

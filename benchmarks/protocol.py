@@ -1,0 +1,204 @@
+"""The evaluation protocol as data, and leak-free patient-level splits (DESIGN.md "Protocol").
+
+5-fold patient-level stratified CV (``StratifiedGroupKFold`` on case ids), and inside each
+training part a stratified patient-level validation split (15%) used for early stopping,
+checkpoint and threshold choice. The test fold is never used for any choice. Splits are saved
+as CSV with a content hash and checked for leaks on every job.
+
+    python -m benchmarks config --suite tcga_brca    # print the resolved protocol
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+PARTS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """Protocol and training settings shared by every method (fairness: same folds, same loop)."""
+
+    n_folds: int = 5  # paper: 5-fold CV, patient-level
+    val_frac: float = 0.15  # validation share of each training part (patients)
+    threshold: str = "0.5"  # "0.5" (official argmax) | "val_f1" | "val_youden": ACC/F1 threshold
+    max_epochs: int = 20
+    min_epochs: int = 3  # no early stop before this many epochs
+    patience: int = 5  # epochs without a better validation AUC before stopping
+    lr: float = 2e-4  # MoMKD run.sh (AdamW)
+    weight_decay: float = 1e-4  # MoMKD run.sh
+    scheduler: str = "cosine"  # "cosine" | "none"
+    grad_clip: float = 16.0  # MoMKD run.sh passes GRAD_ACCUMULATION=16 as clip_grad_norm_ max-norm
+    balanced_sampling: bool = True  # class-balanced sampling with replacement (MoMKD/CLAM option)
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    bf16: bool = True  # bf16 autocast on CUDA only
+    deterministic: bool = True  # torch deterministic algorithms on CPU
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
+        if not 0 < self.val_frac < 0.5:
+            raise ValueError(f"val_frac must be in (0, 0.5), got {self.val_frac}")
+        if self.threshold not in ("0.5", "val_f1", "val_youden"):
+            raise ValueError(f"threshold must be '0.5', 'val_f1' or 'val_youden', got {self.threshold!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ProtocolConfig":
+        d = {k: v for k, v in (d or {}).items() if v is not None}
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise KeyError(f"unknown protocol settings {sorted(bad)}; valid: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class LeakError(RuntimeError):
+    """A patient (case) or slide appears in more than one part of a split."""
+
+
+@dataclass
+class Split:
+    """One fold: the slide ids of each part, with their cases and labels."""
+
+    task: str
+    fold: int
+    seed: int
+    table: pd.DataFrame  # columns slide_id, case_id, label, part
+
+    def ids(self, part: str) -> list[str]:
+        return self.table.loc[self.table["part"] == part, "slide_id"].tolist()
+
+    @property
+    def train(self) -> list[str]:
+        return self.ids("train")
+
+    @property
+    def val(self) -> list[str]:
+        return self.ids("val")
+
+    @property
+    def test(self) -> list[str]:
+        return self.ids("test")
+
+    def check(self) -> None:
+        """Fail loudly if any case or slide is in two parts, or a part is empty."""
+        check_no_leak(self.table, where=f"task {self.task} fold {self.fold} seed {self.seed}")
+
+
+def check_no_leak(table: pd.DataFrame, where: str = "split") -> None:
+    for key in ("case_id", "slide_id"):
+        parts = table.groupby(key)["part"].nunique()
+        bad = parts[parts > 1]
+        if len(bad):
+            ex = bad.index[:5].tolist()
+            raise LeakError(f"{where}: {len(bad)} {key.replace('_id', '')}(s) appear in more than one of "
+                            f"train/val/test, e.g. {ex}. A patient must be in exactly one part.")
+    for part in PARTS:
+        if not (table["part"] == part).any():
+            raise LeakError(f"{where}: the {part} part is empty (too few patients for {table.shape[0]} slides?)")
+
+
+def _label_per_case(df: pd.DataFrame) -> pd.Series:
+    per_case = df.groupby("case_id")["label"].agg(lambda s: s.mode().iloc[0])
+    return per_case
+
+
+def make_splits(manifest: pd.DataFrame, task: str, n_folds: int = 5, val_frac: float = 0.15,
+                seed: int = 0) -> list[Split]:
+    """Patient-grouped, label-stratified folds over the slides labelled for ``task``.
+
+    Outer: ``StratifiedGroupKFold(n_folds, shuffle, seed)``; inner validation: the first fold of a
+    ``StratifiedGroupKFold(round(1/val_frac))`` over the training part (seed + 1). Unlabelled
+    slides are excluded (never mapped to a class).
+    """
+    df = manifest.loc[manifest[task].notna(), ["slide_id", "case_id", task]].rename(columns={task: "label"})
+    df = df.reset_index(drop=True)
+    df["label"] = df["label"].astype(int)
+    n_cases = df["case_id"].nunique()
+    counts = _label_per_case(df).value_counts()
+    if n_cases < n_folds * 2 or counts.min() < n_folds:
+        raise ValueError(f"task {task}: {n_cases} labelled patients (class counts {counts.to_dict()}) are too "
+                         f"few for {n_folds}-fold stratified CV")
+    outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    n_inner = max(2, int(round(1.0 / val_frac)))
+    splits = []
+    for fold, (tr_idx, te_idx) in enumerate(outer.split(df, df["label"], groups=df["case_id"])):
+        tr = df.iloc[tr_idx]
+        inner = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed + 1)
+        itr, iva = next(inner.split(tr, tr["label"], groups=tr["case_id"]))
+        part = np.empty(len(df), dtype=object)
+        part[te_idx] = "test"
+        part[tr_idx[itr]] = "train"
+        part[tr_idx[iva]] = "val"
+        t = df.assign(part=part)
+        s = Split(task, fold, seed, t)
+        s.check()
+        splits.append(s)
+    # folds' test parts are disjoint and cover every labelled slide
+    tests = pd.concat([s.table.loc[s.table.part == "test", "slide_id"] for s in splits])
+    if tests.duplicated().any() or len(tests) != len(df):
+        raise LeakError(f"task {task}: test folds overlap or miss slides")
+    return splits
+
+
+def splits_table(splits: list[Split]) -> pd.DataFrame:
+    return pd.concat([s.table.assign(fold=s.fold, seed=s.seed, task=s.task) for s in splits], ignore_index=True)
+
+
+def table_hash(table: pd.DataFrame) -> str:
+    csv = table.sort_values(["fold", "slide_id"]).to_csv(index=False)
+    return hashlib.sha256(csv.encode()).hexdigest()[:16]
+
+
+def save_splits(splits: list[Split], path: Path) -> str:
+    """Write the folds as CSV plus a ``.sha256`` file; return the content hash. An existing file
+    with other contents is an error (the run's data changed): use a new output folder."""
+    table = splits_table(splits)
+    h = table_hash(table)
+    path = Path(path)
+    hfile = path.with_suffix(".sha256")
+    if path.exists() and hfile.exists():
+        old = hfile.read_text().strip()
+        if old != h:
+            raise LeakError(f"{path} holds other splits (hash {old}, now {h}): the manifest or seed changed "
+                            "since this run started. Use a new --out folder or delete the old splits.")
+        return h
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+    hfile.write_text(h + "\n")
+    return h
+
+
+def load_splits(path: Path) -> list[Split]:
+    table = pd.read_csv(path, dtype={"slide_id": str, "case_id": str})
+    return [Split(str(g["task"].iloc[0]), int(f), int(g["seed"].iloc[0]),
+                  g.drop(columns=["fold", "seed", "task"]).reset_index(drop=True))
+            for f, g in table.groupby("fold")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--suite", default="tcga_brca")
+
+
+def main(args) -> int:
+    """Print the resolved protocol of a suite."""
+    from benchmarks.suites import load_suite
+
+    suite = load_suite(args.suite)
+    print(json.dumps({"suite": suite.name, "protocol": suite.protocol.to_dict(),
+                      "protocol_hash": suite.protocol.hash()}, indent=2))
+    return 0

@@ -1,0 +1,307 @@
+"""Expand a suite into jobs, run them (resuming finished ones) and write the run folder.
+
+    python -m benchmarks run --suite tcga_brca [--scale small] [--methods abmil,momkd] [--tasks her2]
+                             [--grids cv,ablation,memory] [--folds 0,1] [--seeds 0] [--data DIR]
+                             [--out DIR] [--force] [--workers N]
+
+Output: ``results/<suite>/<run>/`` with ``jobs/`` (one JSON per job), ``splits/``, ``tables/``,
+``figures/``, ``stats.csv`` and ``summary.json`` (DESIGN.md "Outputs"). Rerunning the same command
+reuses every finished job; ``--force`` recomputes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks import registry
+from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
+from benchmarks.jobs import Job, ResultStore, atomic_write_json
+from benchmarks.protocol import ProtocolConfig, load_splits, make_splits, save_splits
+from benchmarks.suites import Suite, load_suite
+
+GRIDS = ("cv", "ablation", "memory")
+# Table 3 (ablation on HER2) and Table 4 (fixed vs momentum memory, + EMA extension)
+ABLATION_VARIANTS = ("wsi_only", "no_omics_align", "no_wsi_align", "no_recon", "full")
+MEMORY_VARIANTS = ("fixed_memory", "full", "ema_memory")
+ABLATION_TASKS = ("her2",)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Everything a worker process needs to run a job (picklable)."""
+
+    suite: str
+    run_dir: str
+    cohort: CohortSource
+    external: CohortSource | None
+    external_task: str | None
+    protocol: dict[str, Any]
+
+
+def split_path(run_dir: Path, task: str, seed: int) -> Path:
+    return Path(run_dir) / "splits" / f"{task}_seed{seed}.csv"
+
+
+_SPLITS: dict[str, Any] = {}
+
+
+def _splits(run_dir: str, task: str, seed: int):
+    key = f"{run_dir}|{task}|{seed}"
+    if key not in _SPLITS:
+        _SPLITS[key] = load_splits(split_path(Path(run_dir), task, seed))
+    return _SPLITS[key]
+
+
+def build_bags(cohort: Cohort, split, task: str, needs_omics: bool):
+    """Train bags (with fold-fitted z-scored omics when the method needs them), val and test bags
+    (slides only). The omics scaler sees the training cases only."""
+    import torch
+
+    from benchmarks.data.omics import fold_omics
+
+    train_ids, val_ids, test_ids = split.train, split.val, split.test
+    train = [cohort.bag(s).for_task(task, with_omics=False) for s in train_ids]
+    if needs_omics:
+        z, _ = fold_omics(cohort.omics, [b.case_id for b in train])
+        train = [dataclasses.replace(b, omics=torch.from_numpy(z.loc[b.case_id].to_numpy())) for b in train]
+    val = [cohort.bag(s).for_task(task, with_omics=False) for s in val_ids]
+    test = [cohort.bag(s).for_task(task, with_omics=False) for s in test_ids]
+    return train, val, test
+
+
+def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
+    """Run one job in this process and save its result; returns a short summary row."""
+    from benchmarks.engine import run_job, seed_everything
+
+    store = ResultStore(Path(ctx.run_dir))
+    protocol = ProtocolConfig.from_dict(ctx.protocol)
+    t0 = time.perf_counter()
+    try:
+        cohort = load_cohort(ctx.cohort)
+        spec = registry.get(job.method)
+        split = _splits(ctx.run_dir, job.task, job.seed)[job.fold]
+        split.check()  # the leak check runs on every job
+        train, val, test = build_bags(cohort, split, job.task, "omics_train" in spec.needs)
+        external = []
+        if ctx.external is not None and job.task == ctx.external_task:
+            ext = load_cohort(ctx.external)
+            external = [ext.bag(s).for_task(job.task, with_omics=False)
+                        for s in ext.labelled(job.task)["slide_id"]]
+        seed_everything(job.seed * 1000 + job.fold, protocol.deterministic)
+        model = spec.build_model(cohort.in_dim, cohort.omics_dim, 2, job.hparams)
+        result = run_job(model, train, val, test, external, protocol, seed=job.seed * 1000 + job.fold)
+        result["status"] = "ok"
+        store.save(job, result)
+        m = result["metrics"]["test"]
+        return {"hash": job.hash, "label": job.label, "status": "ok", "auc": m["auc"],
+                "seconds": time.perf_counter() - t0}
+    except Exception as e:  # one failed job must not kill the run; it is reported and retried next time
+        return {"hash": job.hash, "label": job.label, "status": "failed", "error": f"{type(e).__name__}: {e}",
+                "traceback": traceback.format_exc(), "seconds": time.perf_counter() - t0}
+
+
+@dataclass
+class RunPlan:
+    jobs: list[Job]
+    skipped_methods: dict[str, str] = field(default_factory=dict)
+
+
+def method_fits(spec: registry.MethodSpec, cohort: Cohort) -> str | None:
+    """Why a method cannot run on this cohort, or None."""
+    if "coords" in spec.needs and not cohort.has_coords:
+        return "needs patch coordinates; the features have none"
+    if "omics_train" in spec.needs and not cohort.has_omics:
+        return "needs omics at training; the suite has no omics table"
+    return None
+
+
+def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: list[str], tasks: list[str],
+              grids: list[str], folds: list[int], seeds: list[int], split_hashes: dict[tuple[str, int], str],
+              overrides: dict[str, dict[str, Any]] | None = None) -> RunPlan:
+    plan = RunPlan([])
+    runnable = []
+    for m in methods:
+        why = method_fits(registry.get(m), cohort)
+        if why:
+            plan.skipped_methods[m] = why
+        else:
+            runnable.append(m)
+    cells: list[tuple[str, str, str, str]] = []  # (grid, method, variant, task)
+    if "cv" in grids:
+        cells += [("cv", m, "default", t) for m in runnable for t in tasks]
+    if "momkd" in runnable:
+        if "ablation" in grids:
+            cells += [("ablation", "momkd", v, t) for v in ABLATION_VARIANTS for t in tasks if t in ABLATION_TASKS]
+        if "memory" in grids:
+            cells += [("memory", "momkd", v, t) for v in MEMORY_VARIANTS for t in tasks]
+    seen: set[str] = set()
+    for grid, m, v, t in cells:
+        spec = registry.get(m)
+        if v != "default" and v not in spec.variants:
+            plan.skipped_methods[f"{m}/{v}"] = f"variant {v!r} not registered for {m}"
+            continue
+        hp = spec.hparams(v, (overrides or {}).get(m))
+        for s in seeds:
+            for f in folds:
+                job = Job(suite.name, grid, t, m, v, f, s, hparams=hp, data_fingerprint=cohort.fingerprint,
+                          protocol_hash=protocol.hash(), split_hash=split_hashes[(t, s)])
+                if job.hash not in seen:  # jobs shared by grids run once
+                    seen.add(job.hash)
+                    plan.jobs.append(job)
+    return plan
+
+
+def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str]:
+    if args.data:
+        d = Path(args.data)
+        files = suite.raw.get("data", {})
+        maps = tuple((col, tuple(sorted(m.items()))) for col, m in suite.label_maps().items())
+
+        def src(manifest_key, features_key, name):
+            man = d / files.get(manifest_key, "")
+            if not man.is_file():
+                return None
+            om = d / files.get("omics", "omics.csv")
+            return CohortSource(kind="files", name=name, manifest=str(man), features_dir=str(d / files[features_key]),
+                                omics=str(om) if om.is_file() else None, label_maps=maps,
+                                skip_bad_slides=args.skip_bad_slides, feature_dtype=args.feature_dtype)
+
+        main = src("manifest", "features", suite.name)
+        if main is None:
+            raise FileNotFoundError(f"{d / files.get('manifest', 'manifest.csv')} not found: --data needs the manifest "
+                                    "CSV described in README 'Run on your own features'")
+        return main, src("external_manifest", "external_features", suite.name + "_external"), f"data-{d.name}"
+    sim = suite.raw.get("simulated", {})
+    scale = args.scale or sim.get("scale", "small")
+    seed = int(sim.get("seed", 0))
+    main = CohortSource(kind="simulated", name=suite.name, scale=scale, seed=seed, feature_dtype=args.feature_dtype)
+    ext = dataclasses.replace(main, external=True)
+    return main, ext, f"sim-{scale}"
+
+
+def _csv_list(s: str | None, cast=str) -> list | None:
+    return None if s is None else [cast(x.strip()) for x in s.split(",") if x.strip()]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--suite", default="tcga_brca", help="suite name (data_manifests/<name>.toml) or a .toml path")
+    p.add_argument("--scale", choices=("tiny", "small", "paper"), default=None,
+                   help="simulated cohort size (default: the suite's, 'small')")
+    p.add_argument("--data", default=None, help="folder with real features, manifest and omics (see README)")
+    p.add_argument("--methods", default=None, help="comma-separated registry names (default: all)")
+    p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all of the suite)")
+    p.add_argument("--grids", default=None, help=f"comma-separated of {','.join(GRIDS)} (default: all)")
+    p.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--out", default=None, help="run folder (default: results/<suite>/<run>)")
+    p.add_argument("--run", default=None, help="run name under results/<suite>/ (default from the data)")
+    p.add_argument("--force", action="store_true", help="recompute finished jobs")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each gets cores/workers threads)")
+    p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's max epochs")
+    p.add_argument("--threshold", choices=("0.5", "val_f1", "val_youden"), default=None)
+    p.add_argument("--skip-bad-slides", action="store_true",
+                   help="drop unreadable/invalid slides (recorded in summary.json) instead of stopping")
+    p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
+                   help="in-memory storage dtype of features (float16 halves memory)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def main(args) -> int:
+    """Run a suite's grids (cross-validation, ablation, memory) and write its tables."""
+    from tqdm.auto import tqdm
+
+    from benchmarks.engine import configure_threads
+
+    t_start = time.perf_counter()
+    suite = load_suite(args.suite)
+    src, ext_src, run_name = _sources(suite, args)
+    run_dir = Path(args.out) if args.out else Path("results") / suite.name / (args.run or run_name)
+    protocol = suite.protocol_for_scale(src.scale if src.kind == "simulated" else None,
+                                        {"max_epochs": args.max_epochs, "threshold": args.threshold})
+    cohort = load_cohort(src)
+    ext_cohort = load_cohort(ext_src) if ext_src is not None else None
+    tasks = _csv_list(args.tasks) or [t for t in suite.tasks if t in cohort.tasks()]
+    unknown = [t for t in tasks if t not in suite.tasks]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; suite {suite.name} has {list(suite.tasks)}")
+    methods = _csv_list(args.methods) or list(registry.METHODS)
+    for m in methods:
+        registry.get(m)  # unknown names fail here with suggestions
+    grids = _csv_list(args.grids) or list(GRIDS)
+    bad = set(grids) - set(GRIDS)
+    if bad:
+        raise ValueError(f"unknown grid(s) {sorted(bad)}; choose from {GRIDS}")
+    seeds = _csv_list(args.seeds, int) or [0]
+    folds = _csv_list(args.folds, int) or list(range(protocol.n_folds))
+    if any(f < 0 or f >= protocol.n_folds for f in folds):
+        raise ValueError(f"--folds must be in 0..{protocol.n_folds - 1}")
+
+    split_hashes = {}
+    for t in tasks:
+        for s in seeds:
+            sp = make_splits(cohort.manifest, t, protocol.n_folds, protocol.val_frac, seed=s)
+            split_hashes[(t, s)] = save_splits(sp, split_path(run_dir, t, s))
+    plan = plan_jobs(suite, cohort, protocol, methods, tasks, grids, folds, seeds, split_hashes)
+    for m, why in plan.skipped_methods.items():
+        print(f"skipping {m}: {why}", file=sys.stderr)
+    store = ResultStore(run_dir)
+    todo = [j for j in plan.jobs if args.force or not store.done(j)]
+    print(f"{suite.name}: {len(plan.jobs)} jobs ({len(plan.jobs) - len(todo)} finished and reused, "
+          f"{len(todo)} to run) -> {run_dir}", file=sys.stderr)
+    ctx = RunContext(suite.name, str(run_dir), src, ext_src if ext_cohort is not None else None,
+                     suite.external_task, protocol.to_dict())
+    results = []
+    bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=args.no_progress or not todo)
+    if args.workers <= 1 or len(todo) <= 1:
+        configure_threads(1) if args.workers > 1 else None
+        for job in todo:
+            bar.set_postfix_str(job.label)
+            results.append(execute_job(job, ctx))
+            bar.update()
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=configure_threads, initargs=(args.workers,)) as ex:
+            futs = {ex.submit(execute_job, j, ctx): j for j in todo}
+            for fut in as_completed(futs):
+                results.append(fut.result())
+                bar.update()
+    bar.close()
+    failed = [r for r in results if r["status"] != "ok"]
+    for r in failed:
+        print(f"FAILED {r['label']}: {r['error']}\n{r['traceback']}", file=sys.stderr)
+
+    summary = {"suite": suite.name, "run_dir": str(run_dir), "cohort": dataclasses.asdict(src),
+               "data_fingerprint": cohort.fingerprint, "protocol": protocol.to_dict(),
+               "protocol_hash": protocol.hash(), "methods": methods, "tasks": tasks, "grids": grids,
+               "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo),
+               "n_failed": len(failed), "skipped_methods": plan.skipped_methods,
+               "skipped_slides": [dataclasses.asdict(p) for p in cohort.skipped] if cohort.skipped else [],
+               "class_counts": {t: cohort.class_counts(t) for t in tasks},
+               "paper_counts": {t: suite.tasks[t].paper_counts for t in tasks},
+               "failed": [{k: r[k] for k in ("label", "error")} for r in failed],
+               "wall_s": time.perf_counter() - t_start}
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_tables(run_dir)
+    print(f"wall time {summary['wall_s']:.1f} s; results in {run_dir}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def write_tables(run_dir: Path) -> None:
+    """Render the tables (benchmarks.report) and print Table 1."""
+    from benchmarks import report
+
+    written = report.write_all(run_dir)
+    t1 = written.get("table1_md") or (Path(run_dir) / "tables" / "table1.md")
+    if Path(t1).exists():
+        print(Path(t1).read_text())
