@@ -15,6 +15,7 @@ COMMANDS = {
     "run": ("benchmarks.runner", "run a suite: cross-validation, ablation and memory grids, tables"),
     "list": ("benchmarks.registry", "list registered methods, families, needs and variants"),
     "config": ("benchmarks.protocol", "print a suite's resolved protocol"),
+    "perf": ("benchmarks.perf", "seconds per step and peak memory per method at 1k/10k/100k patches"),
     "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,9 @@ def make_splits(manifest: pd.DataFrame, task: str, n_folds: int = 5, val_frac: f
     for fold, (tr_idx, te_idx) in enumerate(outer.split(df, df["label"], groups=df["case_id"])):
         tr = df.iloc[tr_idx]
         inner = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed + 1)
-        itr, iva = next(inner.split(tr, tr["label"], groups=tr["case_id"]))
+        with warnings.catch_warnings():  # tiny cohorts: fewer minority patients than inner folds is fine
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            itr, iva = next(inner.split(tr, tr["label"], groups=tr["case_id"]))
         part = np.empty(len(df), dtype=object)
         part[te_idx] = "test"
         part[tr_idx[itr]] = "train"

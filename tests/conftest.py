@@ -10,6 +10,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests use tiny tensors: one intra-op thread is fastest and immune to OpenMP spin-waiting when
+# other processes share the cores (two threads were ~30x slower on a loaded 2-core machine).
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def golden_dir() -> Path:
     """``MOMKD_GOLDEN_DIR`` or ``../shared/golden``. Missing folder: skip locally, FAIL under CI."""

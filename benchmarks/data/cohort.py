@@ -131,46 +131,40 @@ def _simulated(src: CohortSource) -> Cohort:
 
 
 def _files(src: CohortSource) -> Cohort:
+    """Read manifest, every feature file (once) and omics; collect all problems, then decide once:
+    stop with the full list, or (``skip_bad_slides``) drop the bad slides and record them."""
+    from tqdm.auto import tqdm
+
     from benchmarks.data import readers, validate
+    from benchmarks.data.errors import DataError
 
     if not src.manifest or not src.features_dir:
         raise ValueError("a file cohort needs a manifest CSV and a features folder")
     label_maps = {col: dict(m) for col, m in src.label_maps}
+    problems = []
+    # manifest problems (unknown label values, duplicate slides) always stop: the manifest needs fixing
     manifest = readers.read_manifest(src.manifest, label_maps)
     omics = readers.read_omics_table(src.omics) if src.omics else None
-    paths: dict[str, Path] = {}
-    problems = []
-    for sid in manifest["slide_id"]:
-        try:
-            paths[sid] = readers.find_feature_file(src.features_dir, sid)
-        except readers.DataError as e:  # type: ignore[attr-defined]
-            problems.extend(e.problems)
+    paths, found = readers.locate_feature_files(src.features_dir, manifest["slide_id"])
+    problems.extend(found)
     feats: dict[str, np.ndarray] = {}
     coords: dict[str, np.ndarray | None] = {}
-    dim = None
-    from tqdm.auto import tqdm
-
-    for sid, p in tqdm(paths.items(), desc=f"reading {len(paths)} feature files", leave=False,
-                       disable=len(paths) < 50):
+    for sid, p in tqdm(paths.items(), desc="reading feature files", leave=False, disable=len(paths) < 50):
         try:
-            f, c = readers.read_bag_file(p, slide_id=sid)
-        except readers.DataError as e:  # type: ignore[attr-defined]
+            feats[sid], coords[sid] = readers.read_bag_file(p, slide_id=sid)
+        except DataError as e:
             problems.extend(e.problems)
-            continue
-        probs = readers.check_bag_arrays(sid, p, f, c, expected_dim=dim)
-        if probs:
-            problems.extend(probs)
-            continue
-        dim = dim or f.shape[1]
-        feats[sid], coords[sid] = f, c
-    problems.extend(validate.validate_cohort(manifest, paths, omics, need_omics=False, tasks=list(label_maps)))
+    problems.extend(validate.check_dims_agree({s: f.shape[1] for s, f in feats.items()}, paths))
+    problems.extend(validate.validate_cohort(manifest, paths, omics, need_omics=False, tasks=label_maps))
     kept = validate.raise_if_problems(problems, skip_bad=src.skip_bad_slides)
-    bad = {p.slide_id for p in kept if p.slide_id}
+    bad = set(validate.bad_slide_ids(kept))
     manifest = manifest.loc[~manifest["slide_id"].isin(bad) & manifest["slide_id"].isin(list(feats))]
     manifest = manifest.reset_index(drop=True)
+    if manifest.empty:
+        raise DataError(kept, header=f"no usable slide left in {src.manifest}")
     has_coords = all(coords.get(s) is not None for s in manifest["slide_id"])
-    fp = _fingerprint({"kind": "files", "manifest": pd.util.hash_pandas_object(manifest).sum(),
-                       "files": sorted((s, paths[s].stat().st_size) for s in manifest["slide_id"]),
+    fp = _fingerprint({"kind": "files", "manifest": int(pd.util.hash_pandas_object(manifest).sum()),
+                       "files": sorted((s, Path(paths[s]).stat().st_size) for s in manifest["slide_id"]),
                        "omics": None if omics is None else int(pd.util.hash_pandas_object(omics).sum())})
     return Cohort(name=src.name, manifest=manifest, features=feats, coords=coords if has_coords else None,
                   omics=omics, fingerprint=fp, source=src, skipped=kept)

@@ -1,0 +1,40 @@
+"""No test-fold (or validation) information reaches the omics preprocessing."""
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmarks.data.cohort import Cohort, CohortSource
+from benchmarks.protocol import make_splits
+from benchmarks.runner import build_bags
+
+
+def _cohort(omics: pd.DataFrame) -> Cohort:
+    rng = np.random.default_rng(0)
+    cases = [f"c{i}" for i in range(40)]
+    man = pd.DataFrame({"slide_id": [f"{c}_s" for c in cases], "case_id": cases, "site": "internal",
+                        "her2": pd.array([i % 3 == 0 for i in range(40)], dtype="Int64")})
+    feats = {s: rng.normal(size=(5, 4)).astype(np.float32) for s in man.slide_id}
+    return Cohort("t", man, feats, None, omics, "fp", CohortSource())
+
+
+def test_train_omics_depend_only_on_training_cases():
+    rng = np.random.default_rng(1)
+    omics = pd.DataFrame(rng.normal(size=(40, 6)), index=[f"c{i}" for i in range(40)],
+                         columns=[f"g{j}" for j in range(6)])
+    split = make_splits(_cohort(omics).manifest, "her2", n_folds=5, seed=0)[0]
+    train, val, test = build_bags(_cohort(omics), split, "her2", needs_omics=True)
+    assert all(b.omics is not None for b in train) and all(b.omics is None for b in val + test)
+    # z-scored on training cases: mean 0 / std 1 over the training cases exactly
+    z = torch.stack([b.omics for b in train]).double()
+    assert torch.allclose(z.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-5)
+    # change every non-training case's omics wildly: the training bags' omics do not move
+    held_out = [c for c in omics.index if c not in {b.case_id for b in train}]
+    poisoned = omics.copy()
+    poisoned.loc[held_out] = 1e6
+    train2, _, _ = build_bags(_cohort(poisoned), split, "her2", needs_omics=True)
+    for a, b in zip(train, train2):
+        assert torch.equal(a.omics, b.omics)
+    # while changing a training case does move them (the check can fail)
+    poisoned.loc[train[0].case_id] = 1e6
+    train3, _, _ = build_bags(_cohort(poisoned), split, "her2", needs_omics=True)
+    assert not torch.equal(train[1].omics, train3[1].omics)

