@@ -46,8 +46,13 @@ def _autocast(device: torch.device, protocol: ProtocolConfig):
     return nullcontext()
 
 
-def _positive_prob(logits: torch.Tensor) -> torch.Tensor:
-    logits = logits.float().reshape(1, -1)
+def _positive_prob(model: torch.nn.Module, out: Any) -> torch.Tensor:
+    """P(class 1) for one slide: the model's own scoring rule when it has one (``probabilities``),
+    else softmax over the logits (sigmoid for a single logit)."""
+    if hasattr(model, "probabilities"):
+        probs = model.probabilities(out).float().reshape(1, -1)
+        return probs[:, -1] if probs.shape[1] <= 2 else probs[:, 1]
+    logits = out.logits.float().reshape(1, -1)
     if logits.shape[1] == 1:
         return torch.sigmoid(logits[:, 0])
     return torch.softmax(logits, dim=1)[:, 1]
@@ -63,7 +68,7 @@ def predict(model: torch.nn.Module, bags: Sequence[Any], device: torch.device,
         for b in bags:
             if getattr(b, "omics", None) is not None:
                 raise RuntimeError(f"slide {b.slide_id}: evaluation bags must not carry omics")
-            out.append(_positive_prob(model(b).logits))
+            out.append(_positive_prob(model, model(b)))
     return torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
 
 

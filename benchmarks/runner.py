@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from benchmarks import registry
+from benchmarks.executors import EXECUTORS, run_jobs
 from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
 from benchmarks.protocol import ProtocolConfig, load_splits, make_splits, save_splits
@@ -205,7 +206,12 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="run folder (default: results/<suite>/<run>)")
     p.add_argument("--run", default=None, help="run name under results/<suite>/ (default from the data)")
     p.add_argument("--force", action="store_true", help="recompute finished jobs")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (each gets cores/workers threads)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="worker processes, each with cores/workers torch threads (default: cores)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local processes or a Ray cluster (extra 'distributed')")
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--gpus-per-job", type=float, default=0.0, help="Ray: GPU share per job, e.g. 0.25")
     p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's max epochs")
     p.add_argument("--threshold", choices=("0.5", "val_f1", "val_youden"), default=None)
     p.add_argument("--skip-bad-slides", action="store_true",
@@ -218,8 +224,6 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     """Run a suite's grids (cross-validation, ablation, memory) and write its tables."""
     from tqdm.auto import tqdm
-
-    from benchmarks.engine import configure_threads
 
     t_start = time.perf_counter()
     suite = load_suite(args.suite)
@@ -261,21 +265,11 @@ def main(args) -> int:
                      suite.external_task, protocol.to_dict())
     results = []
     bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=args.no_progress or not todo)
-    if args.workers <= 1 or len(todo) <= 1:
-        configure_threads(1) if args.workers > 1 else None
-        for job in todo:
-            bar.set_postfix_str(job.label)
-            results.append(execute_job(job, ctx))
-            bar.update()
-    else:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=args.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=configure_threads, initargs=(args.workers,)) as ex:
-            futs = {ex.submit(execute_job, j, ctx): j for j in todo}
-            for fut in as_completed(futs):
-                results.append(fut.result())
-                bar.update()
+    for r in run_jobs(todo, ctx, executor=args.executor, workers=args.workers,
+                      address=args.ray_address, gpus_per_job=args.gpus_per_job):
+        results.append(r)
+        bar.set_postfix_str(f"{r['label']}: {r['status']}")
+        bar.update()
     bar.close()
     failed = [r for r in results if r["status"] != "ok"]
     for r in failed:

@@ -62,6 +62,11 @@ class MILModel(nn.Module):
         ce = F.cross_entropy(output.logits, bag_label(bag))
         return {"total": ce, "ce": ce}
 
+    def probabilities(self, output: Output) -> torch.Tensor:
+        """(1, C) class probabilities used for scoring; softmax of the logits unless the official
+        method scores otherwise (e.g. DSMIL's per-class sigmoid)."""
+        return torch.softmax(output.logits.float(), dim=-1)
+
     # ---- optional hooks -------------------------------------------------------------------
     def set_stage(self, name: str) -> None:
         if name not in self.stages:

@@ -1,0 +1,234 @@
+"""DSMIL: dual-stream MIL with a max-instance stream and a critical-instance attention stream.
+
+Li, Li & Eliceiri, "Dual-stream multiple instance learning network for whole slide image
+classification with self-supervised contrastive learning", CVPR 2021 (Eqs. 1-4).
+Follows binli123/dsmil-wsi ``dsmil.py`` (``MILNet(FCLayer, BClassifier)``, commit 80465ed) and its
+training script ``train_tcga.py``:
+
+* instance stream: ``c = Linear(D, C)(h)`` per patch (N, C); max-pooling gives the max-instance
+  logits (1, C) (paper Eq. 1);
+* bag stream: queries ``q = Linear(D,128)-ReLU-Linear(128,128)-Tanh`` (``nonlinear=True``, as
+  ``train_tcga.py --non_linearity 1``); per class the critical instance ``m_c = argmax_i c_ic``;
+  ``A = softmax_N(Q q_m^T / sqrt(128))`` (N, C) (Eq. 2); ``B = A^T V`` (C, D) with ``V = h``
+  (``passing_v=False``, the training script's setting) (Eq. 3); bag logits from
+  ``Conv1d(C, C, kernel=D)`` over B, which MIXES the classes (Eq. 4);
+* loss: ``0.5 * BCEWithLogits(bag) + 0.5 * BCEWithLogits(max instance)`` against the script's
+  target vector (``train_tcga.py`` ``train()``, ``criterion = nn.BCEWithLogitsLoss()``).
+
+Mapping to C classes (``train_tcga.py`` ``get_bag_feats``): for ``n_classes >= 2`` the target is
+the one-hot vector of the label over the C output units (BCE per unit, mean over units, as
+``BCEWithLogitsLoss``'s default); for ``n_classes == 1`` (the Camelyon16 setting) the target is the
+binary label itself. The official script maps a label ``>= C`` to an all-zero vector; here that
+raises an error naming the slide instead.
+
+Reproduced quirks: the attention scale is ``torch.sqrt(torch.tensor(128., dtype=float32))`` even
+in float64; the critical instance uses ``argmax`` (the official ``torch.sort(...)[1][0]`` picks the
+same row except for exact ties).
+
+Patch dropout (``--dropout_patch``, official default 0): in training the official code keeps a
+random ``int(N * (1 - p))`` rows in ``torch.randperm`` order. This depends on instance order and
+on RNG state; here it draws from a private ``torch.Generator`` seeded from ``seed`` when given,
+otherwise from one draw of torch's global RNG (set by the engine's ``seed_everything``) at
+``on_fit_start`` or the first training forward. So a fixed seed gives the same kept rows.
+Deviations, both documented: (1) the official ``test()`` also drops patches when p > 0 (a bug);
+here evaluation always sees the whole bag; (2) at p = 0 the official code still permutes the rows,
+which changes outputs only by rounding (the model is permutation-invariant), so it is skipped;
+at least one patch is always kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from momkd.contract import MILModel, Output, check_bag
+
+Q_DIM = 128  # dsmil.py BClassifier: hard-coded query width
+
+
+@dataclass(frozen=True)
+class DSMILConfig:
+    nonlinear: bool = True  # train_tcga.py --non_linearity 1 (q = Linear-ReLU-Linear-Tanh)
+    passing_v: bool = False  # train_tcga.py never sets it: V = Identity
+    dropout_v: float = 0.0  # train_tcga.py --dropout_node 0 (only used when passing_v)
+    dropout_patch: float = 0.0  # train_tcga.py --dropout_patch 0 (training-time patch dropout rate)
+    bag_loss_weight: float = 0.5  # train_tcga.py train(): loss = 0.5*bag_loss + 0.5*max_loss
+    max_loss_weight: float = 0.5  # train_tcga.py train()
+    orthogonal_init: bool = True  # train_tcga.py init_model(): apply_sparse_init (orthogonal W, zero b)
+    seed: int | None = None  # patch-dropout generator; None: one draw of torch's global RNG
+
+
+class FCLayer(nn.Module):
+    """Instance classifier on precomputed features (``dsmil.py`` ``FCLayer``): (N, D) -> (N, C)."""
+
+    def __init__(self, in_size: int, out_size: int = 1):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(in_size, out_size))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(feats)
+
+
+class BClassifier(nn.Module):
+    """Bag stream (``dsmil.py`` ``BClassifier``; key names kept so official weights load)."""
+
+    def __init__(self, input_size: int, output_class: int, dropout_v: float = 0.0,
+                 nonlinear: bool = True, passing_v: bool = False):
+        super().__init__()
+        if nonlinear:
+            self.q = nn.Sequential(nn.Linear(input_size, Q_DIM), nn.ReLU(), nn.Linear(Q_DIM, Q_DIM), nn.Tanh())
+        else:
+            self.q = nn.Linear(input_size, Q_DIM)
+        if passing_v:
+            self.v = nn.Sequential(nn.Dropout(dropout_v), nn.Linear(input_size, input_size), nn.ReLU())
+        else:
+            self.v = nn.Identity()
+        # Conv1d(C, C, kernel=D): logit_o = sum_c sum_d W[o, c, d] B[c, d] + b_o (classes mix)
+        self.fcc = nn.Conv1d(output_class, output_class, kernel_size=input_size)
+
+    def forward(self, feats: torch.Tensor, inst_logits: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """feats (N, D), inst_logits (N, C) -> bag logits (1, C), A (N, C), B (1, C, D), critical (C,)."""
+        values = self.v(feats)  # (N, D)
+        queries = self.q(feats)  # (N, 128)
+        critical = inst_logits.detach().argmax(dim=0)  # (C,) critical instance per class (Eq. 2)
+        q_max = self.q(feats.index_select(0, critical))  # (C, 128)
+        # official: / torch.sqrt(torch.tensor(128., dtype=torch.float32)) -- a float32 constant
+        scale = torch.sqrt(torch.tensor(float(queries.shape[1]), dtype=torch.float32)).item()
+        attn = torch.softmax(queries @ q_max.T / scale, dim=0)  # (N, C)
+        bag_emb = (attn.T @ values).unsqueeze(0)  # (1, C, D)
+        bag_logits = self.fcc(bag_emb).view(1, -1)  # (1, C)
+        return bag_logits, attn, bag_emb, critical
+
+
+class DSMIL(MILModel):
+    """``MILNet(FCLayer, BClassifier)`` on one bag, with the official 0.5/0.5 BCE loss.
+
+    ``Output.logits`` = the Conv1d bag logits (1, C) (official ``prediction_bag``);
+    ``Output.attention`` (N,) = the attention column of the predicted class (argmax of the bag
+    logits; C = 1: the only one). ``extras``: ``instance_logits`` (N, C), ``max_instance_logits``
+    (1, C), ``attention_per_class`` (N, C), ``bag_embedding`` (1, C, D), ``critical_index`` (C,),
+    ``bag_prob`` = sigmoid(bag) (the official test score), ``avg_prob`` = mean of sigmoid(max) and
+    sigmoid(bag) (``--average``), and ``kept_index`` (K,) when patches were dropped in training
+    (then the per-patch extras cover the K kept rows, in that order).
+    """
+
+    def __init__(self, in_dim: int, n_classes: int = 2, nonlinear: bool = True, passing_v: bool = False,
+                 dropout_v: float = 0.0, dropout_patch: float = 0.0, bag_loss_weight: float = 0.5,
+                 max_loss_weight: float = 0.5, orthogonal_init: bool = True, seed: int | None = None):
+        super().__init__()
+        if not 0.0 <= dropout_patch < 1.0:
+            raise ValueError(f"dsmil: dropout_patch must be in [0, 1), got {dropout_patch}")
+        self.n_classes = n_classes
+        self.dropout_patch = dropout_patch
+        self.bag_loss_weight = bag_loss_weight
+        self.max_loss_weight = max_loss_weight
+        self.seed = seed
+        self._generator: torch.Generator | None = None
+        self.i_classifier = FCLayer(in_dim, n_classes)
+        self.b_classifier = BClassifier(in_dim, n_classes, dropout_v, nonlinear, passing_v)
+        if orthogonal_init:
+            self.apply(_sparse_init)
+
+    # ---- randomness -----------------------------------------------------------------------
+    def reset_generator(self) -> None:
+        """(Re)seed the patch-dropout generator: from ``seed``, else one draw of torch's global RNG."""
+        seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def on_fit_start(self, train_bags: Any) -> None:
+        self.reset_generator()
+
+    def kept_patches(self, n_patches: int) -> torch.Tensor:
+        """``train_tcga.py`` ``dropout_patches``: the first ``int(N (1 - p))`` of a random
+        permutation (at least one), drawn from the seeded generator. (K,) long."""
+        if self._generator is None:
+            self.reset_generator()
+        keep = max(1, int(n_patches * (1.0 - self.dropout_patch)))
+        return torch.randperm(n_patches, generator=self._generator)[:keep]
+
+    # ---- forward / loss -------------------------------------------------------------------
+    def forward(self, bag: Any) -> Output:
+        check_bag(bag, "dsmil")
+        feats = bag.features.to(self.i_classifier.fc[0].weight.dtype)  # (N, D)
+        n_patches = feats.shape[0]
+        kept = None
+        if self.training and self.dropout_patch > 0:
+            kept = self.kept_patches(n_patches).to(feats.device)  # (K,)
+            feats = feats.index_select(0, kept)  # (K, D), in the permuted order
+        inst_logits = self.i_classifier(feats)  # (N, C); (K, C) after patch dropout
+        bag_logits, attn, bag_emb, critical = self.b_classifier(feats, inst_logits)
+        max_logits = inst_logits.max(dim=0, keepdim=True).values  # (1, C)
+        bag_prob = torch.sigmoid(bag_logits)
+        col = int(bag_logits.detach().argmax(dim=1))
+        extras = {
+            "instance_logits": inst_logits, "max_instance_logits": max_logits,
+            "attention_per_class": attn, "bag_embedding": bag_emb, "critical_index": critical,
+            "bag_prob": bag_prob,  # train_tcga.py test score (--average False)
+            "avg_prob": 0.5 * torch.sigmoid(max_logits) + 0.5 * bag_prob,
+        }
+        attention = attn[:, col]
+        if kept is not None:  # rows refer to kept patches; dropped patches get attention 0
+            extras["kept_index"] = kept
+            attention = attention.new_zeros(n_patches).index_copy(0, kept, attention)
+        return Output(bag_logits, attention=attention, extras=extras)
+
+    def targets(self, bag: Any, like: torch.Tensor) -> torch.Tensor:
+        """The official BCE target (1, C): one-hot over C units, or the binary label when C = 1."""
+        label = getattr(bag, "label", None)
+        sid = getattr(bag, "slide_id", "?")
+        if label is None:
+            raise ValueError(f"dsmil: slide {sid}: no label for the current task; training needs a labelled bag")
+        label = int(label)
+        if self.n_classes == 1:
+            if label not in (0, 1):
+                raise ValueError(f"dsmil: slide {sid}: label {label} with n_classes=1 must be 0 or 1")
+            return torch.full((1, 1), float(label), dtype=like.dtype, device=like.device)
+        if not 0 <= label < self.n_classes:
+            raise ValueError(f"dsmil: slide {sid}: label {label} outside 0..{self.n_classes - 1}")
+        return F.one_hot(torch.tensor([label], device=like.device), self.n_classes).to(like.dtype)
+
+    def probabilities(self, output: Output) -> torch.Tensor:
+        """Per-class sigmoid of the bag logits: the official ``train_tcga.py`` test score."""
+        return output.extras["bag_prob"].float().reshape(1, -1)
+
+    def loss(self, output: Output, bag: Any) -> dict[str, torch.Tensor]:
+        """``train_tcga.py``: 0.5 * BCEWithLogits(bag logits) + 0.5 * BCEWithLogits(max instance)."""
+        target = self.targets(bag, output.logits)
+        bag_loss = F.binary_cross_entropy_with_logits(output.logits, target)
+        max_loss = F.binary_cross_entropy_with_logits(output.extras["max_instance_logits"], target)
+        total = self.bag_loss_weight * bag_loss + self.max_loss_weight * max_loss
+        return {"total": total, "bag_bce": bag_loss, "max_bce": max_loss}
+
+
+def _sparse_init(m: nn.Module) -> None:
+    """``train_tcga.py`` ``apply_sparse_init``: orthogonal weights, zero biases."""
+    if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        nn.init.orthogonal_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> DSMIL:
+    return DSMIL(in_dim, n_classes, **hp)
+
+
+def from_official(state_dict: dict, input_size: int | None = None, output_class: int | None = None,
+                  dropout_v: float = 0.0, nonlinear: bool = True, passing_v: bool = False,
+                  **_unused: Any) -> DSMIL:
+    """Build from a ``MILNet(FCLayer, BClassifier)`` state_dict; ``official_config`` holds the
+    ``BClassifier`` kwargs (``FCLayer`` gets ``in_size=input_size, out_size=output_class``)."""
+    sd = {k.replace("module.", "", 1) if k.startswith("module.") else k: v for k, v in state_dict.items()}
+    w = sd["i_classifier.fc.0.weight"]  # (C, D)
+    in_dim = input_size if input_size is not None else w.shape[1]
+    n_classes = output_class if output_class is not None else w.shape[0]
+    if tuple(w.shape) != (n_classes, in_dim):
+        raise ValueError(f"dsmil.from_official: i_classifier.fc.0.weight has shape {tuple(w.shape)}, "
+                         f"config says (output_class={n_classes}, input_size={in_dim})")
+    model = DSMIL(in_dim, n_classes, nonlinear=bool(nonlinear), passing_v=bool(passing_v),
+                  dropout_v=dropout_v, orthogonal_init=False)
+    model.load_state_dict(sd, strict=True)
+    return model

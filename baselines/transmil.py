@@ -1,0 +1,151 @@
+"""TransMIL: a two-layer Nystrom transformer with a pyramid position encoding (PPEG).
+
+Shao et al., "TransMIL: Transformer based correlated multiple instance learning for whole slide
+image classification", NeurIPS 2021 (Sec. 3.3, Algorithm 1, the TPT module). Follows
+szc19990412/TransMIL ``models/TransMIL.py`` (commit 9d6aee5; unchanged since 2021-10-03):
+
+    h = ReLU(Linear(D, 512)(x))                          # (N, 512); the official hard-codes D = 1024
+    square padding to k^2 rows, k = ceil(sqrt(N)),       # appends COPIES of the FIRST k^2 - N rows
+    prepend the cls token                                 # (1 + k^2, 512)
+    h = h + NystromAttention(LayerNorm(h))               # TransLayer 1 (no feed-forward sublayer)
+    h = PPEG(h): x + dwconv7(x) + dwconv5(x) + dwconv3(x) on the k x k grid (cls token untouched)
+    h = h + NystromAttention(LayerNorm(h))               # TransLayer 2
+    logits = Linear(512, C)(LayerNorm(h)[cls])
+
+NystromAttention: 8 heads x 64, 256 landmarks, 6 Moore-Penrose iterations, residual depthwise
+conv (kernel 33) on the values, output dropout 0.1. Its memory is O(N x landmarks), never N x N.
+
+Which ``nystrom-attention``: this module uses the ``nystrom_attention`` package **0.0.14**
+(the current release). TransMIL's ``requirements.txt`` pins **0.0.9**, whose output slice
+``out[:, :n]`` after the left zero-padding returns the wrong rows (lucidrains/nystrom-attention
+issue 5, fixed in 0.0.10 by ``out[:, -n:]``, commit d7eb229); with the same weights the 0.0.9
+logits differ from the fixed ones by about 0.05-0.1 (measured for N in {100, 254, 1000, 6000},
+shared/research/mil_baselines.md 3.2). 0.0.14 has the fix, so results here follow the fixed code,
+which is also what ``pip install nystrom-attention`` gives today; the golden fixture uses it.
+
+Instance order matters (PPEG's 2-D grid, the copied first rows, contiguous landmark segments):
+the bag is read in its stored order, as the official ``data_shuffle: False``. Given the order the
+forward is deterministic; the only training randomness is the attention-output dropout, which
+draws from torch's global RNG (seeded by the engine). Departures from the official code, none of
+which changes a value: any input dim (read from the weights in ``from_official``), no hard-coded
+``.cuda()``, and the features are cast to the weights' dtype instead of ``.float()``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from nystrom_attention import NystromAttention
+from torch import nn
+
+from momkd.contract import MILModel, Output, check_bag
+
+
+@dataclass(frozen=True)
+class TransMILConfig:
+    embed_dim: int = 512  # TransMIL.py: _fc1 = Linear(1024, 512), dim=512 throughout
+    heads: int = 8  # TransLayer: heads=8, dim_head = dim // 8
+    num_landmarks: int = 256  # TransLayer: num_landmarks = dim // 2
+    pinv_iterations: int = 6  # TransLayer: pinv_iterations=6
+    residual_conv_kernel: int = 33  # NystromAttention default (residual=True)
+    dropout: float = 0.1  # TransLayer: NystromAttention(dropout=0.1), on the attention output
+
+
+class TransLayer(nn.Module):
+    """``x + NystromAttention(LayerNorm(x))`` (``TransMIL.py`` ``TransLayer``). (B, n, d) -> same."""
+
+    def __init__(self, dim: int = 512, heads: int = 8, num_landmarks: int = 256, pinv_iterations: int = 6,
+                 residual_conv_kernel: int = 33, dropout: float = 0.1):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"transmil: embed_dim {dim} must be divisible by heads {heads}")
+        self.norm = nn.LayerNorm(dim)
+        self.attn = NystromAttention(dim=dim, dim_head=dim // heads, heads=heads, num_landmarks=num_landmarks,
+                                     pinv_iterations=pinv_iterations, residual=True,
+                                     residual_conv_kernel=residual_conv_kernel, dropout=dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attn(self.norm(x))
+
+
+class PPEG(nn.Module):
+    """Pyramid position encoding generator (``TransMIL.py`` ``PPEG``): depthwise 7/5/3 convs on the
+    k x k token grid plus identity; the cls token passes through. (B, 1 + k^2, d) -> same."""
+
+    def __init__(self, dim: int = 512):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 7, 1, 7 // 2, groups=dim)
+        self.proj1 = nn.Conv2d(dim, dim, 5, 1, 5 // 2, groups=dim)
+        self.proj2 = nn.Conv2d(dim, dim, 3, 1, 3 // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
+        b, _, d = x.shape
+        cls_token, tokens = x[:, :1], x[:, 1:]
+        grid = tokens.transpose(1, 2).reshape(b, d, side, side)  # row-major k x k layout
+        grid = self.proj(grid) + grid + self.proj1(grid) + self.proj2(grid)
+        return torch.cat((cls_token, grid.flatten(2).transpose(1, 2)), dim=1)
+
+
+def square_pad(h: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Official square padding: append copies of the FIRST ``k^2 - N`` rows, k = ceil(sqrt(N)).
+    (B, N, d) -> ((B, k^2, d), k)."""
+    n = h.shape[1]
+    side = math.isqrt(n)
+    side += side * side < n
+    return torch.cat([h, h[:, : side * side - n]], dim=1), side
+
+
+class TransMIL(MILModel):
+    """``TransMIL.py`` ``TransMIL`` on one bag; parameter names match the official state_dict."""
+
+    def __init__(self, in_dim: int, n_classes: int = 2, embed_dim: int = 512, heads: int = 8,
+                 num_landmarks: int = 256, pinv_iterations: int = 6, residual_conv_kernel: int = 33,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.n_classes = n_classes
+        layer = dict(dim=embed_dim, heads=heads, num_landmarks=num_landmarks, pinv_iterations=pinv_iterations,
+                     residual_conv_kernel=residual_conv_kernel, dropout=dropout)
+        self.pos_layer = PPEG(embed_dim)
+        self._fc1 = nn.Sequential(nn.Linear(in_dim, embed_dim), nn.ReLU())
+        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim))
+        self.layer1 = TransLayer(**layer)
+        self.layer2 = TransLayer(**layer)
+        self.norm = nn.LayerNorm(embed_dim)
+        self._fc2 = nn.Linear(embed_dim, n_classes)
+
+    def forward(self, bag: Any) -> Output:
+        check_bag(bag, "transmil")
+        x = bag.features.to(self._fc1[0].weight.dtype).unsqueeze(0)  # (1, N, D), stored row order
+        h = self._fc1(x)  # (1, N, 512)
+        h, side = square_pad(h)  # (1, k^2, 512)
+        h = torch.cat((self.cls_token.expand(h.shape[0], -1, -1), h), dim=1)  # (1, 1 + k^2, 512)
+        h = self.layer1(h)
+        h = self.pos_layer(h, side)
+        h = self.layer2(h)
+        cls = self.norm(h)[:, 0]  # (1, 512)
+        logits = self._fc2(cls)  # (1, C)
+        return Output(logits, attention=None, extras={"cls_embedding": cls, "grid_side": side,
+                                                      "n_padded": side * side - x.shape[1]})
+
+
+def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> TransMIL:
+    return TransMIL(in_dim, n_classes, **hp)
+
+
+def from_official(state_dict: dict, n_classes: int | None = None, **_unused: Any) -> TransMIL:
+    """Build from an official ``TransMIL(n_classes)`` state_dict (official key names; a leading
+    ``model.`` from a Lightning checkpoint is stripped). The input dim is read from
+    ``_fc1.0.weight`` (the official class hard-codes 1024)."""
+    sd = {(k[len("model."):] if k.startswith("model.") else k): v for k, v in state_dict.items()}
+    embed_dim, in_dim = sd["_fc1.0.weight"].shape
+    found = sd["_fc2.weight"].shape[0]
+    if n_classes is not None and n_classes != found:
+        raise ValueError(f"transmil.from_official: n_classes={n_classes} but _fc2.weight has {found} rows")
+    heads = sd["layer1.attn.res_conv.weight"].shape[0]
+    kernel = sd["layer1.attn.res_conv.weight"].shape[2]
+    model = TransMIL(in_dim, found, embed_dim=embed_dim, heads=heads, num_landmarks=embed_dim // 2,
+                     residual_conv_kernel=kernel)
+    model.load_state_dict(sd, strict=True)
+    return model
