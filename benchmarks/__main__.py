@@ -16,11 +16,13 @@ COMMANDS = {
     "list": ("benchmarks.registry", "list registered methods, families, needs and variants"),
     "config": ("benchmarks.protocol", "print a suite's resolved protocol"),
     "perf": ("benchmarks.perf", "seconds per step and peak memory per method at 1k/10k/100k patches"),
+    "stats": ("benchmarks.stats", "pairwise significance tests of a finished run"),
     "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All commands are listed; only ``only``'s module is imported (heavy imports stay deferred)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks",
                                      description="MoMKD benchmark suite: methods, protocol, tables.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -28,15 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (mod, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+        if name != only:
+            continue
         try:
             importlib.import_module(mod).add_arguments(p)
-        except ModuleNotFoundError as e:  # a command whose module is not installed yet
+        except ModuleNotFoundError as e:  # an optional dependency is missing
             p.set_defaults(_unavailable=str(e))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

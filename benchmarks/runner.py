@@ -295,7 +295,7 @@ def write_tables(run_dir: Path) -> None:
     """Render the tables (benchmarks.report) and print Table 1."""
     from benchmarks import report
 
-    written = report.write_all(run_dir)
-    t1 = written.get("table1_md") or (Path(run_dir) / "tables" / "table1.md")
+    report.write_all(run_dir)
+    t1 = Path(run_dir) / "tables" / "table1.md"
     if Path(t1).exists():
         print(Path(t1).read_text())
