@@ -1,0 +1,264 @@
+"""The two MoMKD encoders: the WSI graph branch and the (training-only) omics branch.
+
+WSI branch (paper "Dual-Branch Encoding" + Eq. 1; official ``models/mkd.py`` ``WsiEncoder``):
+
+    h_1 = Dropout(ELU(LN_1(GATv2_1(x)))) + Linear(x)           # residual projection D_in -> D
+    h_l = Dropout(ELU(LN_l(GATv2_l(h_{l-1})))) + h_{l-1}        # l >= 2
+    contextual = max(h_1, ..., h_L)                             # element-wise ("JK-max")
+
+Each GATv2 layer is a torch-geometric ``GATv2Conv`` (heads concatenated, self loops added,
+``share_weights=False``). Its parameters are used by :func:`gatv2_chunked`, which computes the
+same function as ``GATv2Conv.forward`` but never holds more than ``chunk_edges`` x heads x
+channels per-edge values: edges are grouped by target node, each group of targets is a block,
+and a custom autograd function stores only the (E, heads) attention weights (and dropout
+scales), recomputing the per-edge (E, heads, channels) values block by block in backward.
+Memory is O(N D + E H + chunk_edges D) instead of O(E D), E = N (k + 1).
+
+Omics branch (``RnaEncoder``/``RnaDecoder``): Linear-LN-ReLU-Dropout-Linear encoder, the mirror
+decoder for the reconstruction loss, and a linear projector to the unit sphere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torch_geometric.nn import GATv2Conv
+
+
+def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted-dropout multiplier (0 or 1/(1-p)) shaped like ``like``; the same distribution as
+    ``F.dropout`` but drawn with ``rand`` (several times faster than ``bernoulli_`` on CPU)."""
+    if p >= 1.0:
+        return torch.zeros_like(like)
+    return torch.rand_like(like).ge_(p).mul_(1.0 / (1.0 - p))
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout(x, p, training)`` with :func:`dropout_mask`."""
+    if not training or p <= 0.0:
+        return x
+    return x * dropout_mask(x, p)
+
+
+# --------------------------------------------------------------------------------------------
+# graph preparation (once per forward, shared by all layers)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TargetBlocks:
+    """Edges (self loops included) sorted by target node, cut into blocks of whole targets."""
+
+    src: torch.Tensor  # (E',) source node of each edge, sorted by target
+    dst: torch.Tensor  # (E',) target node, non-decreasing
+    bounds: list[tuple[int, int, int, int]]  # (node_start, node_end, edge_start, edge_end)
+    n_nodes: int
+
+
+def prepare_blocks(edge_index: torch.Tensor, n_nodes: int, chunk_edges: int) -> TargetBlocks:
+    """GATv2Conv's edge set (self loops removed, then one per node added), grouped by target.
+
+    ``edge_index[0]`` is the source j, ``edge_index[1]`` the target i (PyG ``source_to_target``):
+    target i aggregates over the sources with an edge j -> i, plus itself.
+    """
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    keep = src != dst
+    loops = torch.arange(n_nodes, device=edge_index.device)
+    src = torch.cat([src[keep], loops])
+    dst = torch.cat([dst[keep], loops])
+    dst, order = torch.sort(dst, stable=True)
+    src = src[order]
+    counts = torch.bincount(dst, minlength=n_nodes).cpu().numpy()
+    ptr = np.concatenate([[0], np.cumsum(counts)])
+    n_edges = int(ptr[-1])
+    cuts = [0]
+    if n_edges > chunk_edges:
+        marks = np.arange(chunk_edges, n_edges, chunk_edges)
+        cuts += (np.searchsorted(ptr, marks, side="right") - 1).tolist()
+    cuts.append(n_nodes)
+    cuts = sorted(set(min(max(c, 0), n_nodes) for c in cuts))
+    bounds = [(a, b, int(ptr[a]), int(ptr[b])) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return TargetBlocks(src=src, dst=dst, bounds=bounds, n_nodes=n_nodes)
+
+
+def _block_softmax(score: torch.Tensor, dst_local: torch.Tensor, n_targets: int) -> torch.Tensor:
+    """Softmax of score (Eb, H) over the edges of each target (torch_geometric.utils.softmax:
+    max-subtracted, + 1e-16 in the denominator)."""
+    heads = score.shape[1]
+    idx = dst_local.unsqueeze(1).expand(-1, heads)
+    smax = torch.full((n_targets, heads), float("-inf"), dtype=score.dtype, device=score.device)
+    smax = smax.scatter_reduce(0, idx, score, reduce="amax", include_self=True)
+    w = (score - smax.index_select(0, dst_local)).exp_()
+    denom = torch.zeros((n_targets, heads), dtype=w.dtype, device=w.device).index_add_(0, dst_local, w)
+    return w.div_((denom + 1e-16).index_select(0, dst_local))
+
+
+class _GATv2Attention(torch.autograd.Function):
+    """out_i = sum_j dropout(alpha_ij) x_l[j], alpha_ij = softmax_j(att . LeakyReLU(x_l[j] + x_r[i])).
+
+    Forward and backward run block by block over targets; only per-edge (E, H) values (the
+    attention and the dropout scale) are stored, the per-edge (E, H, C) values are recomputed
+    per block in backward, and gradients are accumulated into one (N, H, C) buffer per input.
+    """
+
+    @staticmethod
+    def forward(ctx, x_l, x_r, att, src, dst, bounds, slope, p, training):  # noqa: D401
+        n, heads, ch = x_l.shape
+        out = x_l.new_zeros(n, heads, ch)
+        alpha = x_l.new_empty(src.shape[0], heads)
+        scale = x_l.new_empty(src.shape[0], heads) if (training and p > 0) else None
+        for n0, n1, e0, e1 in bounds:
+            s_, d_ = src[e0:e1], dst[e0:e1]
+            dl = d_ - n0
+            x_j = x_l.index_select(0, s_)  # (Eb, H, C)
+            z = F.leaky_relu_(x_r.index_select(0, d_).add_(x_j), slope)
+            a = _block_softmax(z.mul_(att).sum(-1), dl, n1 - n0)  # (Eb, H) scores -> weights
+            del z
+            alpha[e0:e1] = a
+            if scale is not None:
+                m = dropout_mask(a, p)
+                scale[e0:e1] = m
+                a = a * m
+            out[n0:n1].index_add_(0, dl, x_j.mul_(a.unsqueeze(-1)))
+        ctx.save_for_backward(x_l, x_r, att, src, dst, alpha, scale)
+        ctx.bounds, ctx.slope = bounds, slope
+        return out
+
+    @staticmethod
+    def backward(ctx, g_out):
+        x_l, x_r, att, src, dst, alpha, scale = ctx.saved_tensors
+        slope = ctx.slope
+        n, heads, ch = x_l.shape
+        g_out = g_out.contiguous()
+        g_xl, g_xr = torch.zeros_like(x_l), torch.zeros_like(x_r)
+        g_att = torch.zeros(heads, heads * ch, dtype=x_l.dtype, device=x_l.device)
+        for n0, n1, e0, e1 in ctx.bounds:
+            s_, d_ = src[e0:e1], dst[e0:e1]
+            dl = d_ - n0
+            a = alpha[e0:e1]
+            beta = a if scale is None else a * scale[e0:e1]
+            x_j = x_l.index_select(0, s_)  # (Eb, H, C)
+            g_i = g_out.index_select(0, d_)  # (Eb, H, C)
+            d_beta = (g_i * x_j).sum(-1)  # (Eb, H)
+            d_alpha = d_beta if scale is None else d_beta * scale[e0:e1]
+            t = a * d_alpha
+            tsum = torch.zeros((n1 - n0, heads), dtype=t.dtype, device=t.device).index_add_(0, dl, t)
+            d_s = t - a * tsum.index_select(0, dl)  # softmax backward, (Eb, H)
+            u = x_r.index_select(0, d_).add_(x_j)  # recomputed pre-activation
+            g_att += d_s.T @ F.leaky_relu(u, slope).view(-1, heads * ch)
+            d_u = torch.ops.aten.leaky_relu_backward(d_s.unsqueeze(-1) * att, u, slope, False)  # (Eb, H, C)
+            del u
+            g_xr[n0:n1].index_add_(0, dl, d_u)
+            g_xl.index_add_(0, s_, d_u.add_(g_i.mul_(beta.unsqueeze(-1))))
+        g_att = torch.stack([g_att[h, h * ch:(h + 1) * ch] for h in range(heads)])
+        return g_xl, g_xr, g_att, None, None, None, None, None, None
+
+
+def gatv2_chunked(conv: GATv2Conv, x: torch.Tensor, blocks: TargetBlocks) -> torch.Tensor:
+    """``conv(x, edge_index)`` for a ``GATv2Conv`` (concat heads, no edge features, no residual),
+    computed block by block."""
+    if conv.lin_edge is not None or conv.res is not None or not conv.add_self_loops:
+        raise NotImplementedError("gatv2_chunked: edge features, GATv2Conv residual and add_self_loops=False "
+                                  "are not supported; use gat_impl='pyg'")
+    heads, ch = conv.heads, conv.out_channels
+    x_l = conv.lin_l(x).reshape(-1, heads, ch)
+    x_r = conv.lin_r(x).reshape(-1, heads, ch)
+    att = conv.att.reshape(heads, ch)
+    out = _GATv2Attention.apply(x_l, x_r, att, blocks.src, blocks.dst, blocks.bounds, conv.negative_slope,
+                                float(conv.dropout), conv.training)
+    out = out.reshape(-1, heads * ch) if conv.concat else out.mean(dim=1)
+    if conv.bias is not None:
+        out = out + conv.bias
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# WSI branch
+# --------------------------------------------------------------------------------------------
+class WSIEncoder(nn.Module):
+    """L GATv2 blocks with residuals and element-wise max over layers -> (N, D) contextual features.
+
+    Layer names follow ``mkd.py`` (``gat1``, ``gat2``, ``res_proj1``, ``ln1``, ``ln2``) so the
+    official state_dict maps one to one.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 512, heads: int = 2, n_layers: int = 2,
+                 gat_dropout: float = 0.5, feat_dropout: float = 0.5, negative_slope: float = 0.2,
+                 impl: str = "chunked", chunk_edges: int | None = None):
+        super().__init__()
+        self.n_layers, self.feat_dropout = n_layers, feat_dropout
+        # ~8 MB of float32 per-edge values per block: small enough for the allocator to reuse
+        self.impl, self.chunk_edges = impl, chunk_edges or max(1024, 2**21 // hidden_dim)
+        for l in range(1, n_layers + 1):
+            d_in = in_dim if l == 1 else hidden_dim
+            self.add_module(f"gat{l}", GATv2Conv(d_in, hidden_dim // heads, heads=heads, concat=True,
+                                                 negative_slope=negative_slope, dropout=gat_dropout,
+                                                 add_self_loops=True, share_weights=False))
+            self.add_module(f"ln{l}", nn.LayerNorm(hidden_dim))
+        # residual of layer 1 (mkd.py res_proj1; identity when the widths agree)
+        self.res_proj1 = nn.Linear(in_dim, hidden_dim) if in_dim != hidden_dim else nn.Identity()
+
+    def layers(self) -> list[tuple[GATv2Conv, nn.LayerNorm]]:
+        return [(getattr(self, f"gat{l}"), getattr(self, f"ln{l}")) for l in range(1, self.n_layers + 1)]
+
+    def _post(self, g: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+        return fast_dropout(F.elu(ln(g)), self.feat_dropout, self.training)
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """x (N, D_in), edge_index (2, E) directed j -> i -> contextual (N, D)."""
+        n = x.shape[0]
+        blocks = prepare_blocks(edge_index, n, self.chunk_edges) if self.impl == "chunked" else None
+        h_prev, ctx = x, None
+        for l, (conv, ln) in enumerate(self.layers(), start=1):
+            # separate GEMMs for lin_l, lin_r and the residual (a fused GEMM is no faster on CPU and
+            # its concatenated gradient costs an extra (N, 3D) buffer in backward)
+            g = conv(h_prev, edge_index) if blocks is None else gatv2_chunked(conv, h_prev, blocks)
+            res = self.res_proj1(h_prev) if l == 1 else h_prev
+            if self.training and torch.is_grad_enabled():
+                # recompute LN/ELU/dropout in backward (same RNG state, so the same mask) instead
+                # of storing three (N, D) tensors per layer
+                post = checkpoint(self._post, g, ln, use_reentrant=False, preserve_rng_state=True)
+            else:
+                post = self._post(g, ln)
+            h = post + res
+            ctx = h if ctx is None else torch.maximum(ctx, h)
+            h_prev = h
+        return ctx
+
+
+class GatedPool(nn.Module):
+    """Gated attention a_i = w^T (tanh(V h_i) * sigmoid(U h_i)) (Ilse et al. 2018), used only by
+    the ``wsi_only`` variant, which has no memory to guide its attention."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.v, self.u, self.w = nn.Linear(dim, hidden), nn.Linear(dim, hidden), nn.Linear(hidden, 1)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (N, D) -> (N,) pre-softmax scores
+        return self.w(torch.tanh(self.v(h)) * torch.sigmoid(self.u(h))).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# omics branch (training only)
+# --------------------------------------------------------------------------------------------
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.LayerNorm(hidden), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, d_out))
+
+
+class OmicsBranch(nn.Module):
+    """Omics MLP encoder, unit-sphere projector and reconstruction decoder (mkd.py ``RnaEncoder``,
+    ``rna_projector``, ``RnaDecoder``). Input (1, G) -> (projection (1, S), reconstruction (1, G))."""
+
+    def __init__(self, omics_dim: int, hidden: int = 512, embed_dim: int = 512, proj_dim: int = 64,
+                 dropout: float = 0.25):
+        super().__init__()
+        self.encoder = _mlp(omics_dim, hidden, embed_dim, dropout)
+        self.decoder = _mlp(embed_dim, hidden, omics_dim, dropout)
+        self.projector = nn.Linear(embed_dim, proj_dim)
+
+    def forward(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.encoder(g)  # (1, E)
+        return F.normalize(self.projector(e), p=2, dim=-1), self.decoder(e)
