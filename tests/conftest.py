@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 # other processes share the cores (two threads were ~30x slower on a loaded 2-core machine).
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `run` logs to MLflow at its end: tests use one throw-away store, not results/mlflow.db.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='mlflow_tests_')}/mlflow.db")
 
 
 def golden_dir() -> Path:

@@ -36,7 +36,7 @@ def test_run_on_h5_features_with_raw_labels(tmp_path):
     _write_dataset(tmp_path / "d")
     out = tmp_path / "run"
     rc = main(["run", "--data", str(tmp_path / "d"), "--methods", "abmil", "--tasks", "her2", "--folds", "0",
-               "--max-epochs", "2", "--out", str(out), "--no-progress", "--workers", "1"])
+               "--max-epochs", "2", "--out", str(out), "--no-progress", "--workers", "1", "--no-tracking"])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     # "" is unlabelled, never negative: 30 cases, every 7th without label unless positive
@@ -48,7 +48,7 @@ def test_bad_slide_stops_the_run_or_is_skipped_and_recorded(tmp_path, capsys):
     bad = "TCGA-AA-0004-01Z-00-DX1"
     _write_dataset(tmp_path / "d", bad_slide=bad)
     args = ["run", "--data", str(tmp_path / "d"), "--methods", "abmil", "--tasks", "her2", "--folds", "0",
-            "--max-epochs", "1", "--no-progress", "--workers", "1"]
+            "--max-epochs", "1", "--no-progress", "--workers", "1", "--no-tracking"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert bad in err and "NaN" in err and f"{bad}.h5" in err
@@ -59,8 +59,10 @@ def test_bad_slide_stops_the_run_or_is_skipped_and_recorded(tmp_path, capsys):
 
 def test_pt_features_without_coords_skip_graph_methods(tmp_path, capsys):
     _write_dataset(tmp_path / "d", pt=True)
-    rc = main(["run", "--data", str(tmp_path / "d"), "--methods", "abmil", "--tasks", "her2", "--folds", "0",
-               "--max-epochs", "1", "--out", str(tmp_path / "r"), "--no-progress", "--workers", "1"])
+    rc = main(["run", "--data", str(tmp_path / "d"), "--methods", "abmil,momkd", "--tasks", "her2", "--folds", "0",
+               "--max-epochs", "1", "--out", str(tmp_path / "r"), "--no-progress", "--workers", "1", "--no-tracking"])
     assert rc == 0
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
-    assert s["n_jobs"] == 1
+    assert s["n_jobs"] == 1  # abmil only: MoMKD needs coordinates (and omics) the .pt files lack
+    assert "coordinates" in s["skipped_methods"]["momkd"]
+    assert "skipping momkd" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from benchmarks.__main__ import main
 from tests.conftest import REPO
 
 ARGS = ["run", "--suite", "tcga_brca", "--scale", "tiny", "--methods", "abmil", "--tasks", "her2",
-        "--no-progress", "--workers", "1"]
+        "--no-progress", "--workers", "1", "--no-tracking"]
 
 
 def _summary(out: Path) -> dict:

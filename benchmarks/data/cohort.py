@@ -23,7 +23,7 @@ _CACHE: dict[str, "Cohort"] = {}
 
 @dataclass(frozen=True)
 class CohortSource:
-    """How to obtain a cohort. ``kind`` is ``simulated`` or ``files``."""
+    """How to obtain a cohort. ``kind`` is ``simulated``, ``files`` or ``milcsv``."""
 
     kind: str = "simulated"
     name: str = "tcga_brca"
@@ -36,6 +36,9 @@ class CohortSource:
     label_maps: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # files: column -> raw -> class
     skip_bad_slides: bool = False
     feature_dtype: str = "float32"  # storage dtype in memory ("float16" halves it; cast per step)
+    dataset: str | None = None  # milcsv: data set of the mil package (benchmarks/data/milcsv.py)
+    task: str = "label"  # milcsv: name of the label column
+    feature_transform: str = "none"  # milcsv: fixed element-wise feature map ("none" | "signed_log1p")
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -174,5 +177,10 @@ def load_cohort(src: CohortSource) -> Cohort:
     """Load (once per process) the cohort a source describes."""
     key = src.key()
     if key not in _CACHE:
-        _CACHE[key] = _simulated(src) if src.kind == "simulated" else _files(src)
+        if src.kind == "milcsv":
+            from benchmarks.data.milcsv import load_milcsv
+
+            _CACHE[key] = load_milcsv(src)
+        else:
+            _CACHE[key] = _simulated(src) if src.kind == "simulated" else _files(src)
     return _CACHE[key]

@@ -28,6 +28,7 @@ KINDS: dict[str, str] = {
     "duplicate_case": "a case_id appears more than once in the omics table",
     "unknown_label": "a label value that the task's label map does not know",
     "missing_omics": "omics are needed at training but missing for a case",
+    "missing_clinical": "a slide's case has no row in the clinical table (prepare)",
     "missing_column": "a required manifest/omics column is absent",
     "bad_value": "an empty id, or a non-numeric value where numbers are needed",
 }
