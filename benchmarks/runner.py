@@ -11,7 +11,6 @@ reuses every finished job; ``--force`` recomputes them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -19,8 +18,6 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from benchmarks import registry
 from benchmarks.executors import EXECUTORS, run_jobs

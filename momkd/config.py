@@ -104,7 +104,7 @@ class MoMKDConfig:
 
     # --- implementation (no effect on the maths) -------------------------------------------------
     gat_impl: str = "chunked"  # "chunked": memory-bounded GATv2; "pyg": GATv2Conv.forward
-    gat_chunk_edges: int | None = None  # edges per block in the chunked GATv2; None: 2**21 // hidden_dim
+    gat_chunk_edges: int | None = None  # edges per block in the chunked GATv2; None: max(1024, 2**19 // hidden_dim)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "MoMKDConfig":

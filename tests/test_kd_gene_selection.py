@@ -17,12 +17,6 @@ D_IN, G = 8, 12
 TINY = dict(wsi_dim=16, heads=2, dim_head=8, ff_mult=1, gate_dim=8, out_dim=4, n_tokens=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_welch_pvalue_hand_case():

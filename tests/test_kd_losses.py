@@ -10,13 +10,6 @@ from baselines.ghanet import hyperedge_incidence, hyperedge_weights
 from baselines.kd_losses import (ContrastMemory, KDWindow, TDCCriterion, coral, cosine_cubed, discrepancy_weights,
                                  distill_kl, mkd_orthogonality, nce_loss, similarity_preserving)
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread (the shared CPUs thrash with more)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 D = torch.float64

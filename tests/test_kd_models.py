@@ -19,13 +19,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one torch thread (the shared CPUs thrash with more)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def bags(n: int = 6, n_patches: int = 15, seed: int = 0) -> list:

@@ -190,3 +190,46 @@ def test_interpretability_exports(tmp_path):
             assert rows[0]["similarity"] == pytest.approx(best[0], abs=1e-6)
     png = plot_attention_heatmap(rec["coords"], rec["attention"], tmp_path / "heat" / "slide0.png", title="slide0")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_layernorm_elu_dropout_and_maximum_equal_autograd_composition():
+    """The fused post-GATv2 block and the layer max give the values and gradients of the plain
+    autograd ops (same dropout draw as fast_dropout; ties of the max split in halves)."""
+    from momkd.encoders import _LayerNormELUDropout, _Maximum, fast_dropout
+
+    torch.manual_seed(0)
+    ln = torch.nn.LayerNorm(6).double()
+    torch.nn.init.normal_(ln.weight)
+    torch.nn.init.normal_(ln.bias)
+    g = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    res = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(9, 6, dtype=torch.float64)
+    for p in (0.0, 0.5):
+        torch.manual_seed(3)
+        ref = fast_dropout(torch.nn.functional.elu(ln(g)), p, True)
+        torch.manual_seed(3)
+        got = _LayerNormELUDropout.apply(g, ln.weight, ln.bias, ln.eps, p)
+        assert torch.equal(got, ref)
+        a = res + ref
+        ref_out = torch.maximum(a, res)  # ties wherever dropout zeroed an entry
+        got_out = _Maximum.apply(res + got, res)
+        assert torch.equal(got_out, ref_out)
+        assert p == 0.0 or bool((ref == 0).any())
+        ref_g = torch.autograd.grad((ref_out * up).sum(), [g, res, ln.weight, ln.bias])
+        got_g = torch.autograd.grad((got_out * up).sum(), [g, res, ln.weight, ln.bias])
+        for x, y in zip(got_g, ref_g):
+            torch.testing.assert_close(x, y, atol=1e-14, rtol=0)
+
+
+def test_block_cache_hits_the_same_graph_only():
+    from momkd.encoders import cached_blocks
+
+    ei = knn_edge_index(torch.rand(20, 2), 3)
+    first = cached_blocks(ei, 20, 16)
+    assert cached_blocks(ei, 20, 16) is first  # same tensor, unmodified: reused
+    assert cached_blocks(ei.clone(), 20, 16) is not first  # another tensor: prepared anew
+    assert cached_blocks(ei, 20, 8) is not cached_blocks(ei, 20, 16)  # other block size
+    ei[1, 0] = (int(ei[1, 0]) + 1) % 20  # in-place change bumps the version: not reused
+    again = cached_blocks(ei, 20, 16)
+    assert again is not first
+    assert torch.equal(again.src, prepare_blocks(ei, 20, 16).src)

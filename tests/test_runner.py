@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from benchmarks.__main__ import main
 from tests.conftest import REPO
 
@@ -49,7 +47,6 @@ def test_killed_run_resumes_without_redoing_finished_jobs(tmp_path):
     proc.wait()
     done = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").glob("*.json")}
     assert 1 <= len(done) < 5, "the run should have been killed mid-way"
-    assert not list((out / "jobs").glob("*.tmp"))  or True  # temp files are ignored on resume
     assert main(ARGS + ["--out", str(out), "--max-epochs", "4"]) == 0
     s = _summary(out)
     assert s["n_jobs"] == 5 and s["n_ran"] == 5 - len(done)
