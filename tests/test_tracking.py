@@ -72,7 +72,8 @@ def test_run_logs_one_parent_with_nested_job_runs(store):
             for m in ("auc", "acc", "f1"):
                 assert r.data.metrics[f"{part}_{m}"] == pytest.approx(d["metrics"][part][m])
         hist = cl.get_metric_history(r.info.run_id, "epoch.train_total")
-        assert [(h.step, h.value) for h in hist] == pytest.approx([(c["epoch"], c["train_total"]) for c in d["curve"]])
+        assert [h.step for h in hist] == [c["epoch"] for c in d["curve"]]
+        assert [h.value for h in hist] == pytest.approx([c["train_total"] for c in d["curve"]])
         local = cl.download_artifacts(r.info.run_id, "predictions.csv", str(a.parent / r.info.run_id))
         preds = pd.read_csv(local)
         assert len(preds) == sum(len(v) for v in d["predictions"].values())
