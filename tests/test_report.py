@@ -359,3 +359,15 @@ def test_paper_csvs_match_seed_text():
     df["row"] = df["paper_label"].str.split(" / ").str[0]
     for label, g in df.groupby("row", sort=False):
         assert label + "".join(f"{m}±{s}" for m, s in zip(g["mean"], g["std"])) in lines
+
+
+def test_other_suites_show_only_their_own_tasks(tmp_path):
+    """A MUSK/UCSB run has no HER2/PR/ODX columns; a TCGA run keeps the paper's three."""
+    run = make_run(tmp_path / "musk", {("abmil", "default"): 1.0, ("dsmil", "default"): 0.5}, tasks=("musk",))
+    report.write_all(run, paper=False, figure_formats=())
+    header = (run / "tables" / "table1.md").read_text().splitlines()[2]
+    assert "musk AUC" in header and "HER2" not in header and "ODX" not in header
+    run2 = make_run(tmp_path / "tcga", {("abmil", "default"): 1.0}, tasks=("her2",))
+    report.write_all(run2, paper=False, figure_formats=())
+    header2 = (run2 / "tables" / "table1.md").read_text().splitlines()[2]
+    assert "HER2 AUC" in header2 and "PR AUC" in header2 and "ODX AUC" in header2
