@@ -769,7 +769,7 @@ def prepare(features: str | Path, clinical: str | Path, expression: str | Path, 
 
     # slides
     paths, found = list_feature_files(features)
-    problems += [p for p in found]
+    problems += found
     problems += check_feature_files(paths, full=check_features)
     if slides is not None:
         expected = read_slide_list(slides)
@@ -781,8 +781,14 @@ def prepare(features: str | Path, clinical: str | Path, expression: str | Path, 
                                         f"{s}.h5/.pt. Extract it, or use --drop-incomplete."))
     # clinical
     clin = read_clinical(clinical)
-    calls = {"er": binary_status(clin, ER_ALIASES, "ER status"), "pr": binary_status(clin, PR_ALIASES, "PR status"),
-             "her2": her2_status(clin, her2_column)}
+    try:
+        er_call = binary_status(clin, ER_ALIASES, "ER status (needed for the HR+/HER2- reference of the ODX cut)")
+    except DataError:
+        if not (odx_column or odx_threshold is not None):
+            raise
+        none = pd.Series([None] * len(clin), index=clin["case_id"].to_numpy(), dtype=object)
+        er_call = LabelCall(none, pd.Series(["no ER column"] * len(clin), index=none.index, dtype=object))
+    calls = {"er": er_call, "pr": binary_status(clin, PR_ALIASES, "PR status"), "her2": her2_status(clin, her2_column)}
     if odx_column:
         calls["odx_given"] = odx_given_labels(clin, odx_column)
     per_case, dup = collapse_cases(calls, clin.attrs.get("source"))
