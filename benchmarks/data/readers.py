@@ -28,6 +28,7 @@ Typical use by the cohort loader (collect every problem, then decide once)::
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import warnings
@@ -39,6 +40,15 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, DataProblem, problem
+
+
+def file_sha256(path: str | PathLike) -> str:
+    """First 16 hex digits of a file's SHA-256, read in 1 MiB chunks (provenance and fingerprints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 from .validate import check_bag_arrays, check_dims_agree, raise_if_problems, validate_cohort  # noqa: F401
 
 __all__ = ["find_feature_file", "locate_feature_files", "read_bag_file", "read_manifest",
