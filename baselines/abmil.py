@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from baselines.layers import GatedAttention
-from momkd.contract import MILModel, Output, check_bag
+from baselines.layers import GatedAttention, masked_softmax
+from momkd.contract import MILModel, Output, bag_label, check_bag
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,21 @@ class ABMIL(MILModel):
         m = a @ h  # (1, 512)
         logits = self.classifiers(m)  # (1, C)
         return Output(logits, attention=a[0], extras={"attention_raw": a_raw[0], "bag_feature": m})
+
+
+    def forward_batch(self, features: torch.Tensor, mask: torch.Tensor) -> Output:
+        """Padded path for optional multi-slide batches (benchmarks/batching.py): (B, N, D) features and
+        a (B, N) patch mask give (B, C) logits; each row equals ``forward`` on that slide alone."""
+        h = self.attention_net[:3](features)  # (B, N, E)
+        a_raw = self.attention_net[3](h).squeeze(-1)  # (B, N)
+        a = masked_softmax(a_raw, mask, dim=1)
+        m = torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, E)
+        return Output(self.classifiers(m), attention=a, extras={"bag_feature": m})
+
+    def loss(self, output: Output, bag: Any) -> dict[str, torch.Tensor]:
+        label = bag.label if torch.is_tensor(getattr(bag, "label", None)) else bag_label(bag)
+        ce = F.cross_entropy(output.logits, label.reshape(-1))
+        return {"total": ce, "ce": ce}
 
 
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> ABMIL:

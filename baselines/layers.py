@@ -25,3 +25,9 @@ class GatedAttention(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:  # (N, L) -> (N, n_out)
         return self.attention_c(self.attention_a(h) * self.attention_b(h))
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over real patches only (optional multi-slide batches, benchmarks/batching.py); padded
+    positions get exactly zero weight."""
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=dim)

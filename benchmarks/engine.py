@@ -8,6 +8,7 @@ teachers first) run each stage in order on the same training split.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from benchmarks.batching import pad_bags, supports_batching
 from benchmarks.metrics import binary_metrics, choose_threshold
 from benchmarks.protocol import ProtocolConfig
 
@@ -58,6 +60,19 @@ def _positive_prob(model: torch.nn.Module, out: Any) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[:, 1]
 
 
+def compute_view(bag: Any) -> Any:
+    """The bag with float32 features when they are stored in float16/bfloat16 (``--feature-dtype``
+    or the feature store): storage stays half size, every step computes in float32."""
+    f = getattr(bag, "features", None)
+    if f is None or f.dtype not in (torch.float16, torch.bfloat16):
+        return bag
+    if not dataclasses.is_dataclass(bag):
+        return type(bag)(**{**vars(bag), "features": f.float()})
+    if getattr(bag, "coords", None) is not None:
+        bag.edge_index  # build the cached graph on the stored bag once, so the view shares it
+    return dataclasses.replace(bag, features=f.float())
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, bags: Sequence[Any], device: torch.device,
             protocol: ProtocolConfig) -> np.ndarray:
@@ -68,7 +83,7 @@ def predict(model: torch.nn.Module, bags: Sequence[Any], device: torch.device,
         for b in bags:
             if getattr(b, "omics", None) is not None:
                 raise RuntimeError(f"slide {b.slide_id}: evaluation bags must not carry omics")
-            out.append(_positive_prob(model, model(b)))
+            out.append(_positive_prob(model, model(compute_view(b))))
     return torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
 
 
@@ -76,12 +91,23 @@ def _labels(bags: Sequence[Any]) -> np.ndarray:
     return np.array([int(b.label) for b in bags])
 
 
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))) if len(y) else 0.0
+
+
 def _selection_score(y: np.ndarray, p: np.ndarray) -> float:
     """Validation AUC; negative log-loss when the validation part has one class only."""
     if len(np.unique(y)) == 2:
         return float(binary_metrics(y, p)["auc"])
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return float(np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    return -_log_loss(y, p)
+
+
+def _improves(score: float, loss: float, best_score: float, best_loss: float) -> bool:
+    """Higher validation AUC wins; an equal AUC wins with a lower validation log-loss. Small
+    validation parts (a few slides) tie their AUC across many epochs; without the tie-break the
+    first such epoch is kept, often epoch 0 with near-constant predictions (measured on UCSB/MUSK)."""
+    return score > best_score or (score == best_score and loss < best_loss)
 
 
 def _epoch_order(train_bags: Sequence[Any], balanced: bool, gen: torch.Generator) -> list[int]:
@@ -92,6 +118,12 @@ def _epoch_order(train_bags: Sequence[Any], balanced: bool, gen: torch.Generator
     counts = torch.bincount(y).float()
     w = 1.0 / counts[y]
     return torch.multinomial(w, n, replacement=True, generator=gen).tolist()
+
+
+def _compiled(model: torch.nn.Module) -> Callable:
+    """``torch.compile`` of the forward with dynamic bag sizes (one graph for every patch count).
+    Losses, hooks and evaluation keep the eager module; compiled and eager forwards share weights."""
+    return torch.compile(model, dynamic=True)
 
 
 def make_optimizer(params, protocol: ProtocolConfig) -> torch.optim.Optimizer:
@@ -145,23 +177,36 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
         opt = make_optimizer(params, protocol)
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
                  if protocol.scheduler == "cosine" else None)
-        best_score, best_state, since_best = -math.inf, None, 0
+        best_score, best_loss, best_state, since_best = -math.inf, math.inf, None, 0
+        forward = _compiled(model) if protocol.compile else model
+        batch_size = protocol.batch_size if supports_batching(model) else 1
+        sync_each_step = device.type == "cpu"  # on CUDA the finiteness check waits for the epoch end
         for epoch in range(max_epochs):
             model.train()
             if hasattr(model, "on_epoch_start"):
                 model.on_epoch_start(epoch)
             sums: dict[str, torch.Tensor] = {}
+            nonfinite: list[tuple[str, torch.Tensor]] = []
             t0 = time.perf_counter()
             order = _epoch_order(train_bags, protocol.balanced_sampling, gen)
-            for i in order:
-                bag = train_bags[i]
-                with _autocast(device, protocol):
-                    out = model(bag)
-                    terms = model.loss(out, bag)
+            for start in range(0, len(order), batch_size):
+                if batch_size == 1:
+                    bag = compute_view(train_bags[order[start]])
+                    with _autocast(device, protocol):
+                        out = forward(bag)
+                        terms = model.loss(out, bag)
+                else:  # optional padded multi-slide step (batching.py)
+                    bag = pad_bags([compute_view(train_bags[i]) for i in order[start:start + batch_size]])
+                    with _autocast(device, protocol):
+                        out = model.forward_batch(bag.features, bag.mask)
+                        terms = model.loss(out, bag)
                 total = terms["total"]
-                if not torch.isfinite(total):
-                    raise FloatingPointError(f"stage {stage} epoch {epoch}: non-finite loss on slide {bag.slide_id}"
-                                             f" ({ {k: float(v) for k, v in terms.items()} })")
+                if sync_each_step:
+                    if not torch.isfinite(total):
+                        raise FloatingPointError(f"stage {stage} epoch {epoch}: non-finite loss on slide "
+                                                 f"{bag.slide_id} ({ {k: float(v) for k, v in terms.items()} })")
+                else:  # no host sync inside the step loop on an accelerator
+                    nonfinite.append((bag.slide_id, ~torch.isfinite(total.detach())))
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 if protocol.grad_clip:
@@ -172,20 +217,26 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
                 for k, v in terms.items():  # summed on device; one host sync per epoch
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
+            if nonfinite:
+                flags = torch.stack([f for _, f in nonfinite]).cpu()
+                if bool(flags.any()):
+                    bad = [sid for (sid, _), f in zip(nonfinite, flags) if bool(f)]
+                    raise FloatingPointError(f"stage {stage} epoch {epoch}: non-finite loss on slide(s) "
+                                             f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
             if sched is not None:
                 sched.step()
             p_val = predict(model, val_bags, device, protocol)
-            score = _selection_score(y_val, p_val)
+            score, val_loss = _selection_score(y_val, p_val), _log_loss(y_val, p_val)
             row = {"stage": stage, "epoch": epoch, "train_s": time.perf_counter() - t0,
-                   **{f"train_{k}": float(v) / max(1, len(order)) for k, v in sums.items()},
-                   "val_score": score}
+                   **{f"train_{k}": float(v) / max(1, math.ceil(len(order) / batch_size)) for k, v in sums.items()},
+                   "val_score": score, "val_loss": val_loss, "batch_size": batch_size}
             if len(np.unique(y_val)) == 2:
                 row["val_auc"] = score
             curve.append(row)
             if on_epoch:
                 on_epoch(row)
-            if score > best_score or best_state is None or not early:
-                best_score, since_best, best_epoch = score, 0, epoch
+            if _improves(score, val_loss, best_score, best_loss) or best_state is None or not early:
+                best_score, best_loss, since_best, best_epoch = score, val_loss, 0, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 since_best += 1

@@ -42,12 +42,17 @@ class ProtocolConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda"
     bf16: bool = True  # bf16 autocast on CUDA only
     deterministic: bool = True  # torch deterministic algorithms on CPU
+    omics_genes: int = 0  # genes kept per fold by ANOVA F on the training cases (0 = all; official MoMKD: 768)
+    batch_size: int = 1  # slides per optimizer step; > 1 only for models with a padded path (batching.py)
+    compile: bool = False  # torch.compile the model's forward (dynamic shapes); off: official eager code
 
     def __post_init__(self) -> None:
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
         if not 0 < self.val_frac < 0.5:
             raise ValueError(f"val_frac must be in (0, 0.5), got {self.val_frac}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.threshold not in ("0.5", "val_f1", "val_youden"):
             raise ValueError(f"threshold must be '0.5', 'val_f1' or 'val_youden', got {self.threshold!r}")
 

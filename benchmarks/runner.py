@@ -22,6 +22,7 @@ from typing import Any
 from benchmarks import registry
 from benchmarks.executors import EXECUTORS, run_jobs
 from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
+from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
 from benchmarks.protocol import ProtocolConfig, load_splits, make_splits, save_splits
 from benchmarks.suites import Suite, load_suite
@@ -59,9 +60,9 @@ def _splits(run_dir: str, task: str, seed: int):
     return _SPLITS[key]
 
 
-def build_bags(cohort: Cohort, split, task: str, needs_omics: bool):
-    """Train bags (with fold-fitted z-scored omics when the method needs them), val and test bags
-    (slides only). The omics scaler sees the training cases only."""
+def build_bags(cohort: Cohort, split, task: str, needs_omics: bool, n_genes: int = 0):
+    """Train bags (with fold-fitted z-scored, optionally gene-selected omics when the method needs
+    them), val and test bags (slides only). Scaler and selection see the training cases only."""
     import torch
 
     from benchmarks.data.omics import fold_omics
@@ -69,7 +70,8 @@ def build_bags(cohort: Cohort, split, task: str, needs_omics: bool):
     train_ids, val_ids, test_ids = split.train, split.val, split.test
     train = [cohort.bag(s).for_task(task, with_omics=False) for s in train_ids]
     if needs_omics:
-        z, _ = fold_omics(cohort.omics, [b.case_id for b in train])
+        z, _ = fold_omics(cohort.omics, [b.case_id for b in train], labels=[b.label for b in train],
+                          n_genes=n_genes)
         train = [dataclasses.replace(b, omics=torch.from_numpy(z.loc[b.case_id].to_numpy(copy=True))) for b in train]
     val = [cohort.bag(s).for_task(task, with_omics=False) for s in val_ids]
     test = [cohort.bag(s).for_task(task, with_omics=False) for s in test_ids]
@@ -88,14 +90,14 @@ def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
         spec = registry.get(job.method)
         split = _splits(ctx.run_dir, job.task, job.seed)[job.fold]
         split.check()  # the leak check runs on every job
-        train, val, test = build_bags(cohort, split, job.task, "omics_train" in spec.needs)
+        train, val, test = build_bags(cohort, split, job.task, "omics_train" in spec.needs, protocol.omics_genes)
         external = []
         if ctx.external is not None and job.task == ctx.external_task:
             ext = load_cohort(ctx.external)
             external = [ext.bag(s).for_task(job.task, with_omics=False)
                         for s in ext.labelled(job.task)["slide_id"]]
         seed_everything(job.seed * 1000 + job.fold, protocol.deterministic)
-        model = spec.build_model(cohort.in_dim, cohort.omics_dim, 2, job.hparams)
+        model = spec.build_model(cohort.in_dim, omics_dim(cohort.omics_dim, protocol.omics_genes), 2, job.hparams)
         result = run_job(model, train, val, test, external, protocol, seed=job.seed * 1000 + job.fold)
         result["status"] = "ok"
         store.save(job, result)
@@ -175,7 +177,8 @@ def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str
             om = d / files.get("omics", "omics.csv")
             return CohortSource(kind="files", name=name, manifest=str(man), features_dir=str(d / files[features_key]),
                                 omics=str(om) if om.is_file() else None, label_maps=maps,
-                                skip_bad_slides=args.skip_bad_slides, feature_dtype=args.feature_dtype)
+                                skip_bad_slides=args.skip_bad_slides, feature_dtype=args.feature_dtype,
+                                feature_store=bool(getattr(args, "feature_store", False)))
 
         main = src("manifest", "features", suite.name)
         if main is None:
@@ -218,11 +221,17 @@ def add_arguments(p) -> None:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the run to MLflow")
     p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's max epochs")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="slides per step for models with a padded path (default 1, as the official codes)")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile each model's forward")
     p.add_argument("--threshold", choices=("0.5", "val_f1", "val_youden"), default=None)
     p.add_argument("--skip-bad-slides", action="store_true",
                    help="drop unreadable/invalid slides (recorded in summary.json) instead of stopping")
     p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
                    help="in-memory storage dtype of features (float16 halves memory)")
+    p.add_argument("--feature-store", action="store_true",
+                   help="real data: build one consolidated cache of the feature files on first use "
+                        "($MOMKD_CACHE_DIR, default results/cache) and memory-map it in every worker")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -235,7 +244,9 @@ def main(args) -> int:
     src, ext_src, run_name = _sources(suite, args)
     run_dir = Path(args.out) if args.out else Path("results") / suite.name / (args.run or run_name)
     protocol = suite.protocol_for_scale(src.scale if src.kind == "simulated" else None,
-                                        {"max_epochs": args.max_epochs, "threshold": args.threshold})
+                                        {"max_epochs": args.max_epochs, "threshold": args.threshold,
+                                         "batch_size": getattr(args, "batch_size", None),
+                                         "compile": getattr(args, "compile", None)})
     cohort = load_cohort(src)
     ext_cohort = load_cohort(ext_src) if ext_src is not None else None
     tasks = _csv_list(args.tasks) or [t for t in suite.tasks if t in cohort.tasks()]
@@ -259,11 +270,13 @@ def main(args) -> int:
         for s in seeds:
             sp = make_splits(cohort.manifest, t, protocol.n_folds, protocol.val_frac, seed=s)
             split_hashes[(t, s)] = save_splits(sp, split_path(run_dir, t, s))
-    overrides = None
+    # the scale preset's widths (suite file), then tuned hyper-parameters (--params) on top
+    overrides = suite.params_for_scale(src.scale if src.kind == "simulated" else None)
     if getattr(args, "params", None):
         from benchmarks.tuning import read_params  # tuned hyper-parameters, per method
 
-        overrides = read_params(args.params)
+        for m, hp in read_params(args.params).items():
+            overrides[m] = {**overrides.get(m, {}), **hp}
     plan = plan_jobs(suite, cohort, protocol, methods, tasks, grids, folds, seeds, split_hashes,
                      overrides=overrides)
     for m, why in plan.skipped_methods.items():
@@ -288,7 +301,7 @@ def main(args) -> int:
 
     summary = {"suite": suite.name, "run_dir": str(run_dir), "cohort": dataclasses.asdict(src),
                "data_fingerprint": cohort.fingerprint, "protocol": protocol.to_dict(),
-               "protocol_hash": protocol.hash(), "methods": methods, "tasks": tasks, "grids": grids,
+               "protocol_hash": protocol.hash(), "method_params": overrides, "methods": methods, "tasks": tasks, "grids": grids,
                "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo),
                "n_failed": len(failed), "skipped_methods": plan.skipped_methods,
                "skipped_slides": [dataclasses.asdict(p) for p in cohort.skipped] if cohort.skipped else [],

@@ -38,6 +38,17 @@ class Suite:
         d.update({k: v for k, v in (overrides or {}).items() if v is not None})
         return ProtocolConfig.from_dict(d)
 
+    def params_for_scale(self, scale: str | None) -> dict[str, dict[str, Any]]:
+        """Per-method hyper-parameter overrides of a simulated scale preset (``[params_by_scale.<scale>.
+        <method>]`` in the suite file); empty on real data and where the file sets none."""
+        by_scale = self.raw.get("params_by_scale", {})
+        table = dict(by_scale.get(scale or "", {}))
+        parent = table.pop("inherit", None)  # e.g. tiny: inherit = "small"
+        out = {m: dict(hp) for m, hp in by_scale.get(parent, {}).items()} if parent else {}
+        for m, hp in table.items():
+            out[m] = {**out.get(m, {}), **hp}
+        return out
+
     def label_maps(self) -> dict[str, dict[str, int]]:
         return {t.column: t.labels for t in self.tasks.values()}
 

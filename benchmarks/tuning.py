@@ -178,12 +178,13 @@ class TuneConfig:
     startup_trials: int = 5  # TPE random start-up trials
     prune_startup: int = 3  # trials completed before the median pruner may prune
     prune: bool = True
+    base_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the scale preset's widths
 
     def identity(self, data_fingerprint: str, protocol_hash: str) -> dict[str, str]:
         """Study attributes that must agree between workers joining one study."""
         return {"suite": self.suite, "method": self.method, "variant": self.variant, "task": self.task,
                 "folds": json.dumps(list(self.folds)), "seed": str(self.seed), "data": data_fingerprint,
-                "protocol": protocol_hash,
+                "protocol": protocol_hash, "base": json.dumps(self.base_params, sort_keys=True),
                 "space": json.dumps([dataclasses.asdict(p) for p in self.space], sort_keys=True)}
 
 
@@ -214,14 +215,17 @@ def fold_validation_auc(cohort: Any, split: Any, cfg: TuneConfig, hparams: dict[
     from benchmarks import registry
     from benchmarks.engine import fit, predict, seed_everything, select_device
     from benchmarks.metrics import binary_metrics
+    from benchmarks.data.omics import omics_dim
     from benchmarks.runner import build_bags
 
     spec = registry.get(cfg.method)
-    train, val, test = build_bags(cohort, trainval_split(split), cfg.task, "omics_train" in spec.needs)
+    train, val, test = build_bags(cohort, trainval_split(split), cfg.task, "omics_train" in spec.needs,
+                                  protocol.omics_genes)
     assert not test, "the tuning split must not hold test slides"
     seed = cfg.seed * 1000 + split.fold  # as benchmarks.runner.execute_job
     seed_everything(seed, protocol.deterministic)
-    model = spec.build_model(int(train[0].features.shape[1]), cohort.omics_dim, 2, hparams)
+    model = spec.build_model(int(train[0].features.shape[1]), omics_dim(cohort.omics_dim, protocol.omics_genes),
+                             2, hparams)
     device = select_device(protocol)
     model.to(device)
     if device.type != "cpu":
@@ -251,7 +255,7 @@ def make_objective(cfg: TuneConfig) -> Callable[[Any], float]:
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def objective(trial: "optuna.Trial") -> float:
-        overrides = {p.name: p.suggest(trial) for p in cfg.space}
+        overrides = {**cfg.base_params, **{p.name: p.suggest(trial) for p in cfg.space}}
         hparams = spec.hparams(cfg.variant, overrides)
         trial.set_user_attr("worker", worker)
         aucs: list[float] = []
@@ -557,6 +561,8 @@ def config_from_args(args) -> tuple[TuneConfig, Path]:
     cfg = TuneConfig(suite=suite.name, source=src, method=args.method, variant=args.variant, task=task,
                      folds=tuple(folds), seed=args.seed, protocol=protocol.to_dict(), space=space,
                      study=study, storage=storage, sampler_seed=args.sampler_seed,
+                     base_params=suite.params_for_scale(src.scale if src.kind == "simulated" else None
+                                                        ).get(args.method, {}),
                      startup_trials=args.startup_trials, prune_startup=args.prune_startup,
                      prune=not args.no_prune)
     out = Path(args.out) if args.out else Path("results") / suite.name / "tune" / study

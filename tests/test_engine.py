@@ -1,6 +1,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from baselines.abmil import ABMIL
@@ -55,7 +56,9 @@ def test_early_stopping_restores_best_validation_checkpoint():
     proto = ProtocolConfig(max_epochs=6, min_epochs=1, patience=1, lr=5e-3)
     out = fit(model, _bags(16, 1), _bags(8, 2), proto, seed=0)
     scores = [r["val_score"] for r in out["curve"]]
-    assert out["best_epoch"] == int(np.argmax(scores))
+    # highest validation AUC; among equal AUCs the lowest validation log-loss, then the earliest
+    keys = [(r["val_score"], -r["val_loss"], -r["epoch"]) for r in out["curve"]]
+    assert out["best_epoch"] == max(range(len(keys)), key=keys.__getitem__)
     # the restored model reproduces the best epoch's validation score
     res = evaluate(model, _bags(8, 2), [], [], proto)
     assert abs(res["metrics"]["val"]["auc"] - max(scores)) < 1e-9
@@ -84,3 +87,75 @@ def test_metrics_match_sklearn_definitions_and_threshold_rule():
     t = choose_threshold(y, p, "f1")
     best = max(f1_score(y, p >= c, average="macro") for c in np.unique(p))
     assert f1_score(y, p >= t, average="macro") == best
+
+
+def test_tied_validation_auc_is_broken_by_validation_loss():
+    """A small validation part ties its AUC across epochs: the later, better-calibrated epoch wins
+    over the first one, and a worse AUC never wins on loss."""
+    from benchmarks.engine import _improves, _log_loss
+
+    y = np.array([0, 0, 1, 1])
+    flat, sharp = np.array([0.49, 0.49, 0.51, 0.51]), np.array([0.1, 0.2, 0.8, 0.9])
+    assert _log_loss(y, sharp) < _log_loss(y, flat)
+    assert _improves(1.0, _log_loss(y, sharp), 1.0, _log_loss(y, flat))
+    assert not _improves(1.0, _log_loss(y, flat), 1.0, _log_loss(y, sharp))
+    assert not _improves(0.9, 0.01, 1.0, _log_loss(y, flat))
+    assert _improves(1.0, 5.0, 0.9, 0.01)
+
+
+def test_padded_batch_of_one_equals_plain_path():
+    """Optional multi-slide batching: a batch of one through ABMIL's padded path gives the plain
+    path's logits, loss and gradients; in a padded batch of three each slide's logits equal its own
+    forward (padding is masked out)."""
+    from benchmarks.batching import pad_bags
+
+    torch.manual_seed(0)
+    model = ABMIL(8, 2, embed_dim=16, attn_dim=8).double().eval()
+    bags = [dataclasses.replace(b, features=b.features.double()) for b in _bags(3, 5)]
+    bags = [dataclasses.replace(b, features=b.features[: 3 + 2 * i]) for i, b in enumerate(bags)]
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    out = model(bags[0])
+    plain = model.loss(out, bags[0])["total"]
+    g_plain = grads(plain)
+    one = pad_bags(bags[:1])
+    out1 = model.forward_batch(one.features, one.mask)
+    padded = model.loss(out1, one)["total"]
+    torch.testing.assert_close(out1.logits, out.logits, rtol=0, atol=1e-12)
+    torch.testing.assert_close(padded, plain, rtol=0, atol=1e-12)
+    for a, b in zip(grads(padded), g_plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    three = pad_bags(bags)
+    assert three.features.shape[1] == 7 and not bool(three.mask[0, 3:].any())
+    logits = model.forward_batch(three.features, three.mask).logits
+    for i, b in enumerate(bags):
+        torch.testing.assert_close(logits[i:i + 1], model(b).logits, rtol=0, atol=1e-12)
+
+
+def test_batch_size_setting_trains_and_falls_back_for_unbatched_models():
+    from baselines.dsmil import build as build_dsmil
+
+    proto = ProtocolConfig(max_epochs=2, min_epochs=1, patience=1, batch_size=4)
+    seed_everything(0)
+    out = fit(ABMIL(8, 2, embed_dim=16, attn_dim=8), _bags(16, 1), _bags(8, 2), proto, seed=0)
+    assert {r["batch_size"] for r in out["curve"]} == {4}
+    seed_everything(0)
+    out = fit(build_dsmil(8, None, 2), _bags(16, 1), _bags(8, 2), proto, seed=0)
+    assert {r["batch_size"] for r in out["curve"]} == {1}
+
+
+@pytest.mark.slow
+def test_compiled_forward_matches_eager():
+    """``--compile``: the torch.compile'd forward trains to the eager model's curve (CPU inductor)."""
+    proto = ProtocolConfig(max_epochs=2, min_epochs=1, patience=1, lr=1e-3)
+    seed_everything(0)
+    eager = fit(ABMIL(8, 2, embed_dim=16, attn_dim=8, dropout=0.0), _bags(16, 1), _bags(8, 2), proto, seed=0)
+    seed_everything(0)
+    comp = fit(ABMIL(8, 2, embed_dim=16, attn_dim=8, dropout=0.0), _bags(16, 1), _bags(8, 2),
+               dataclasses.replace(proto, compile=True), seed=0)
+    for a, b in zip(eager["curve"], comp["curve"]):
+        assert abs(a["train_total"] - b["train_total"]) < 1e-4

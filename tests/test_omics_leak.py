@@ -38,3 +38,32 @@ def test_train_omics_depend_only_on_training_cases():
     poisoned.loc[train[0].case_id] = 1e6
     train3, _, _ = build_bags(_cohort(poisoned), split, "her2", needs_omics=True)
     assert not torch.equal(train[1].omics, train3[1].omics)
+
+
+def test_fold_gene_selection_uses_training_labels_only():
+    """``omics_genes``: the top genes by ANOVA F on the training cases. A gene that separates the
+    classes is kept; relabelling or poisoning the held-out cases never changes the choice."""
+    rng = np.random.default_rng(2)
+    cases = [f"c{i}" for i in range(40)]
+    y = np.array([i % 3 == 0 for i in range(40)], dtype=float)
+    omics = pd.DataFrame(rng.normal(size=(40, 30)), index=cases, columns=[f"g{j}" for j in range(30)])
+    omics["g7"] += 3.0 * y  # the informative gene
+    cohort = _cohort(omics)
+    split = make_splits(cohort.manifest, "her2", n_folds=5, seed=0)[0]
+    train, _, _ = build_bags(cohort, split, "her2", needs_omics=True, n_genes=5)
+    assert train[0].omics.shape == (5,)
+    from benchmarks.data.omics import fold_omics
+
+    z, _ = fold_omics(omics, [b.case_id for b in train], labels=[b.label for b in train], n_genes=5)
+    assert "g7" in z.columns and list(z.columns) == sorted(z.columns, key=lambda g: int(g[1:]))
+    held_out = [c for c in cases if c not in {b.case_id for b in train}]
+    poisoned = omics.copy()
+    poisoned.loc[held_out, "g3"] = 1e6 * np.arange(len(held_out))
+    z2, _ = fold_omics(poisoned, [b.case_id for b in train], labels=[b.label for b in train], n_genes=5)
+    assert list(z2.columns) == list(z.columns)
+    # the selection does depend on the training labels (the check can fail)
+    flipped = [1 - b.label for b in train]
+    rng2 = np.random.default_rng(3)
+    shuffled = list(rng2.permutation(flipped))
+    z3, _ = fold_omics(omics, [b.case_id for b in train], labels=shuffled, n_genes=5)
+    assert list(z3.columns) != list(z.columns)

@@ -57,3 +57,23 @@ def test_killed_run_resumes_without_redoing_finished_jobs(tmp_path):
 def test_unknown_method_is_a_user_error_with_suggestion(capsys):
     assert main(["run", "--methods", "abmill", "--scale", "tiny"]) == 2
     assert "did you mean 'abmil'" in capsys.readouterr().err.lower()
+
+
+def test_scale_presets_set_widths_and_params_files_override_them(tmp_path):
+    """``[params_by_scale]``: small/tiny jobs carry the preset's widths, `paper` and real data the
+    official ones; a ``--params`` file overrides on top of the preset."""
+    from benchmarks.suites import load_suite
+
+    suite = load_suite("tcga_brca")
+    small, tiny = suite.params_for_scale("small"), suite.params_for_scale("tiny")
+    assert small["transmil"] == {"embed_dim": 128, "num_landmarks": 64} and tiny == small
+    assert suite.params_for_scale("paper") == {} and suite.params_for_scale(None) == {}
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"params": {"abmil": {"attn_dim": 16}}}))
+    out = tmp_path / "run"
+    assert main(["run", "--scale", "tiny", "--methods", "abmil", "--tasks", "her2", "--folds", "0", "--max-epochs", "1",
+                 "--params", str(best), "--out", str(out), "--no-progress", "--workers", "1", "--no-tracking"]) == 0
+    (job,) = [json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")]
+    assert job["job"]["hparams"]["embed_dim"] == 128 and job["job"]["hparams"]["attn_dim"] == 16
+    s = json.loads((out / "summary.json").read_text())
+    assert s["method_params"]["abmil"] == {"embed_dim": 128, "attn_dim": 16}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import h5py
 import numpy as np
@@ -173,14 +172,6 @@ def test_external_site_has_shifted_features(tiny: SimCohort, tiny_ext: SimCohort
     assert between > 2.0 and between > 3 * within, (between, within)
     # the world is shared: the same seed gives the same signal directions at both sites
     np.testing.assert_array_equal(tiny.source.world.signal_dirs, tiny_ext.source.world.signal_dirs)
-
-
-def test_tiny_generation_is_fast() -> None:
-    simulate("tiny", seed=3)  # warm caches/imports
-    t0 = time.perf_counter()
-    simulate("tiny", seed=4)
-    simulate_external("tiny", seed=4)
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_config_errors_name_the_problem() -> None:

@@ -121,9 +121,9 @@ def tuned(tmp_path_factory):
 
     real_build, real_bag = runner.build_bags, Cohort.bag
 
-    def build(cohort, split, task, needs_omics):
+    def build(cohort, split, task, needs_omics, n_genes=0):
         current["fold"] = split.fold
-        return real_build(cohort, split, task, needs_omics)
+        return real_build(cohort, split, task, needs_omics, n_genes)
 
     def bag(self, slide_id):
         touched.append((current["fold"], slide_id))

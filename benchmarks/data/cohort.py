@@ -36,6 +36,7 @@ class CohortSource:
     label_maps: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # files: column -> raw -> class
     skip_bad_slides: bool = False
     feature_dtype: str = "float32"  # storage dtype in memory ("float16" halves it; cast per step)
+    feature_store: bool = False  # files: memory-map one consolidated cache per cohort (data/store.py)
     dataset: str | None = None  # milcsv: data set of the mil package (benchmarks/data/milcsv.py)
     task: str = "label"  # milcsv: name of the label column
     feature_transform: str = "none"  # milcsv: fixed element-wise feature map ("none" | "signed_log1p")
@@ -152,11 +153,21 @@ def _files(src: CohortSource) -> Cohort:
     problems.extend(found)
     feats: dict[str, np.ndarray] = {}
     coords: dict[str, np.ndarray | None] = {}
-    for sid, p in tqdm(paths.items(), desc="reading feature files", leave=False, disable=len(paths) < 50):
-        try:
-            feats[sid], coords[sid] = readers.read_bag_file(p, slide_id=sid)
-        except DataError as e:
-            problems.extend(e.problems)
+    store = None
+    if src.feature_store:  # one consolidated, memory-mapped cache shared by every worker process
+        from benchmarks.data.store import FeatureStore
+
+        store = FeatureStore.open_or_build(paths, dtype=src.feature_dtype)
+    if store is not None:
+        problems.extend(p for p in store.problems if p.slide_id in paths)
+        for sid in store:
+            feats[sid], coords[sid] = store[sid], store.coords(sid)
+    else:
+        for sid, p in tqdm(paths.items(), desc="reading feature files", leave=False, disable=len(paths) < 50):
+            try:
+                feats[sid], coords[sid] = readers.read_bag_file(p, slide_id=sid)
+            except DataError as e:
+                problems.extend(e.problems)
     problems.extend(validate.check_dims_agree({s: f.shape[1] for s, f in feats.items()}, paths))
     problems.extend(validate.validate_cohort(manifest, paths, omics, need_omics=False, tasks=label_maps))
     kept = validate.raise_if_problems(problems, skip_bad=src.skip_bad_slides)
