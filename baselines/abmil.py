@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.layers import GatedAttention, masked_softmax
+from baselines.layers import FastDropout, GatedAttention, masked_softmax
 from momkd.contract import MILModel, Output, bag_label, check_bag
 
 
@@ -31,7 +31,7 @@ class ABMIL(MILModel):
         super().__init__()
         if not gate:
             raise NotImplementedError("only gated attention (CLAM's default) is implemented")
-        fc = [nn.Linear(in_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout)]
+        fc = [nn.Linear(in_dim, embed_dim), nn.ReLU(), FastDropout(dropout)]
         # CLAM index 3: the gated attention net; its dropout is 0.25 whenever dropout is truthy
         self.attention_net = nn.Sequential(*fc, GatedAttention(embed_dim, attn_dim, 0.25 if dropout else 0.0))
         self.classifiers = nn.Linear(embed_dim, n_classes)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.layers import FastDropout
 from momkd.contract import MILModel, Output, check_bag
 
 Q_DIM = 128  # dsmil.py BClassifier: hard-coded query width
@@ -83,7 +84,7 @@ class BClassifier(nn.Module):
         else:
             self.q = nn.Linear(input_size, Q_DIM)
         if passing_v:
-            self.v = nn.Sequential(nn.Dropout(dropout_v), nn.Linear(input_size, input_size), nn.ReLU())
+            self.v = nn.Sequential(FastDropout(dropout_v), nn.Linear(input_size, input_size), nn.ReLU())
         else:
             self.v = nn.Identity()
         # Conv1d(C, C, kernel=D): logit_o = sum_c sum_d W[o, c, d] B[c, d] + b_o (classes mix)

@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from baselines.layers import FastDropout
 from momkd.contract import MILModel, Output, bag_label, check_bag
 
 DISTILL_TYPES = ("AFS", "MaxS", "MaxMinS")
@@ -136,7 +137,7 @@ class Classifier1fc(nn.Module):
     def __init__(self, dim: int, n_classes: int, droprate: float = 0.0):
         super().__init__()
         self.fc = nn.Linear(dim, n_classes)
-        self.dropout = nn.Dropout(droprate) if droprate else nn.Identity()
+        self.dropout = FastDropout(droprate) if droprate else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(x))

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.kd_losses import cosine_cubed
-from baselines.layers import GatedAttention
+from baselines.layers import FastDropout, GatedAttention
 from baselines.omics_utils import gene_groups, select_genes_welch, training_omics
 from momkd.contract import MILModel, Output, bag_label, check_bag
 
@@ -78,7 +78,7 @@ class GEGLUFeedForward(nn.Module):
         super().__init__()
         self.proj_in = nn.Linear(dim, dim * mult * 2)
         self.proj_out = nn.Linear(dim * mult, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, gate = self.proj_in(x).chunk(2, dim=-1)
@@ -99,7 +99,7 @@ class MultiHeadAttention(nn.Module):
         self.to_k = nn.Linear(context_dim, inner, bias=False)
         self.to_v = nn.Linear(context_dim, inner, bias=False)
         self.to_out = nn.Linear(inner, inner)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         ctx = x if context is None else context  # (1, K, c)
@@ -185,7 +185,7 @@ class GHANet(MILModel):
         self.groups = gene_groups(self.omics_dim, n_tokens)
         d = wsi_dim
         # --- cross-modal associating branch (Reconstruction_Net) ---
-        self.recon_wsi_net = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), nn.Dropout(dropout))
+        self.recon_wsi_net = nn.Sequential(nn.Linear(in_dim, d), nn.ReLU(), FastDropout(dropout))
         self.tokens = nn.Parameter(torch.randn(1, n_tokens, d))
         self.cross_attention0 = MultiHeadAttention(d, d, heads, dim_head, dropout)
         self.cross_attention1 = (None if reuse_first_cross_attention
@@ -194,7 +194,7 @@ class GHANet(MILModel):
         self.ffn1 = GEGLUFeedForward(d, ff_mult, dropout)
         self.ln = nn.ModuleList([nn.LayerNorm(d) for _ in range(6)])  # ln_1 .. ln_6
         self.recon_heads = nn.ModuleList([
-            nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d), nn.ELU(), nn.Dropout(dropout), nn.Linear(d, len(g)))
+            nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d), nn.ELU(), FastDropout(dropout), nn.Linear(d, len(g)))
             for g in self.groups])
         self.register_buffer("gene_mask", torch.ones(self.omics_dim, dtype=torch.bool))  # fitted per fold
         group_of = torch.empty(self.omics_dim, dtype=torch.long)
@@ -203,12 +203,12 @@ class GHANet(MILModel):
         self.register_buffer("gene_group", group_of, persistent=False)  # (G,) group index of each gene
         # --- hyper-attention branch ---
         self.gate = GatedAttention(d, gate_dim, 0.0)
-        self.wsi_net = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d), nn.ReLU(), nn.Dropout(dropout))
+        self.wsi_net = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d), nn.ReLU(), FastDropout(dropout))
         self.hyperconv1 = HyperAttention(d, d)
         self.attention = MultiHeadAttention(d, d, heads, dim_head, dropout)
         self.ffn = GEGLUFeedForward(d, ff_mult, dropout)
         self.ln1 = nn.LayerNorm(d)
-        self.butter = nn.Sequential(nn.Linear(d, out_dim), nn.LayerNorm(out_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.butter = nn.Sequential(nn.Linear(d, out_dim), nn.LayerNorm(out_dim), nn.ReLU(), FastDropout(dropout))
         self.classifier = nn.Linear(n_tokens * out_dim, n_classes)
 
     # ---- forward --------------------------------------------------------------------------

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.kd_losses import KDWindow, coral, distill_kl, mkd_orthogonality, similarity_preserving
-from baselines.layers import GatedAttention
+from baselines.layers import FastDropout, GatedAttention
 from baselines.omics_utils import BilinearFusion, GeneTokenizer, init_max_weights, snn_block
 from momkd.contract import MILModel, Output, bag_label, check_bag
 
@@ -86,7 +86,7 @@ class ABMILNet(nn.Module):
         super().__init__()
         self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
         self.attention = GatedAttention(hidden, attn_dim, 0.0)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        self.classifier = nn.Sequential(FastDropout(dropout), nn.Linear(hidden, n_classes))
         init_max_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,7 +105,7 @@ class SNNMILNet(nn.Module):
         super().__init__()
         self.fc1 = snn_block(token_dim, hidden, dropout)
         self.attention = GatedAttention(hidden, attn_dim, 0.0)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+        self.classifier = nn.Sequential(FastDropout(dropout), nn.Linear(hidden, n_classes))
         init_max_weights(self)
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +123,7 @@ class PathOmicTeacher(nn.Module):
     def __init__(self, in_dim: int, token_dim: int, n_classes: int, hidden: int = 256, attn_dim: int = 128,
                  dropout: float = 0.25, fusion: str = "bilinear", fusion_scale: int = 8):
         super().__init__()
-        self.wsi_net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(0.25))  # hard-coded 0.25
+        self.wsi_net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), FastDropout(0.25))  # hard-coded 0.25
         self.snn = snn_block(token_dim, hidden, dropout)
         self.attention_path = GatedAttention(hidden, attn_dim, 0.0)
         self.attention_snn = GatedAttention(hidden, attn_dim, 0.0)

@@ -27,6 +27,8 @@ import torch
 from scipy import stats
 from torch import nn
 
+from baselines.layers import FastDropout
+
 
 # ------------------------------------------------------------------------------------------
 # layers
@@ -91,13 +93,13 @@ class BilinearFusion(nn.Module):
         d1, d2 = dim1 // scale_dim1, dim2 // scale_dim2
         self.linear_h1 = nn.Sequential(nn.Linear(dim1, d1), nn.ReLU())
         self.linear_z1 = nn.Bilinear(dim1, dim2, d1)
-        self.linear_o1 = nn.Sequential(nn.Linear(d1, d1), nn.ReLU(), nn.Dropout(dropout))
+        self.linear_o1 = nn.Sequential(nn.Linear(d1, d1), nn.ReLU(), FastDropout(dropout))
         self.linear_h2 = nn.Sequential(nn.Linear(dim2, d2), nn.ReLU())
         self.linear_z2 = nn.Bilinear(dim1, dim2, d2)
-        self.linear_o2 = nn.Sequential(nn.Linear(d2, d2), nn.ReLU(), nn.Dropout(dropout))
-        self.post_fusion_dropout = nn.Dropout(dropout)
-        self.encoder1 = nn.Sequential(nn.Linear((d1 + 1) * (d2 + 1), 256), nn.ReLU(), nn.Dropout(dropout))
-        self.encoder2 = nn.Sequential(nn.Linear(256 + dim1 + dim2, mmhid), nn.ReLU(), nn.Dropout(dropout))
+        self.linear_o2 = nn.Sequential(nn.Linear(d2, d2), nn.ReLU(), FastDropout(dropout))
+        self.post_fusion_dropout = FastDropout(dropout)
+        self.encoder1 = nn.Sequential(nn.Linear((d1 + 1) * (d2 + 1), 256), nn.ReLU(), FastDropout(dropout))
+        self.encoder2 = nn.Sequential(nn.Linear(256 + dim1 + dim2, mmhid), nn.ReLU(), FastDropout(dropout))
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:  # (B, dim1), (B, dim2) -> (B, mmhid)
         o1 = self.linear_o1(torch.sigmoid(self.linear_z1(v1, v2)) * self.linear_h1(v1))

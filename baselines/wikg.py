@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from baselines.layers import FastDropout
 from torch_geometric.nn import AttentionalAggregation, global_max_pool, global_mean_pool
 
 from momkd.contract import MILModel, Output, check_bag
@@ -105,7 +107,7 @@ class WiKG(MILModel):
             self.linear1 = nn.Linear(dim_hidden, dim_hidden)
             self.linear2 = nn.Linear(dim_hidden, dim_hidden)
         self.activation = nn.LeakyReLU()
-        self.message_dropout = nn.Dropout(dropout)
+        self.message_dropout = FastDropout(dropout)
         self.norm = nn.LayerNorm(dim_hidden)
         self.fc = nn.Linear(dim_hidden, n_classes)
         if pool == "attn":  # model.py: GlobalAttention(Linear(d, d/2)-LeakyReLU-Linear(d/2, 1))

@@ -49,6 +49,7 @@ class MethodSpec:
     paper: str = ""
     code: str = ""
     description: str = ""
+    job_cost: float = 1.0  # rough relative cost of one job (scheduling only: expensive jobs start first)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -114,7 +115,7 @@ def _table(*specs: MethodSpec) -> dict[str, MethodSpec]:
 # ------------------------------------------------------------------------------------------
 METHODS: dict[str, MethodSpec] = _table(
     MethodSpec(
-        "abmil", family="mil", build="baselines.abmil:build", config="baselines.abmil:ABMILConfig",
+        "abmil", job_cost=1.5, family="mil", build="baselines.abmil:build", config="baselines.abmil:ABMILConfig",
         train={"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-5, "epochs": 200,
                "early_stopping": "val loss, patience 20 after epoch 50"},
         train_notes="CLAM main.py defaults; the shared protocol uses AdamW/cosine for every method.",
@@ -122,7 +123,7 @@ METHODS: dict[str, MethodSpec] = _table(
         code="mahmoodlab/CLAM models/model_clam.py CLAM_SB without instance clustering",
         description="gated-attention MIL (CLAM_SB, no instance clustering)"),
     MethodSpec(
-        "dsmil", family="mil", build="baselines.dsmil:build", config="baselines.dsmil:DSMILConfig",
+        "dsmil", job_cost=1.0, family="mil", build="baselines.dsmil:build", config="baselines.dsmil:DSMILConfig",
         train={"optimizer": "adam", "betas": (0.5, 0.9), "lr": 1e-4, "weight_decay": 1e-3,
                "scheduler": "cosine per epoch, T_max=epochs, eta_min 5e-6", "epochs": 50,
                "early_stopping": "stop after 10 epochs without a better (mean AUC + accuracy)/2",
@@ -137,7 +138,7 @@ METHODS: dict[str, MethodSpec] = _table(
         code="binli123/dsmil-wsi dsmil.py MILNet(FCLayer, BClassifier), train_tcga.py",
         description="dual-stream MIL: max-instance + critical-instance attention (Conv1d bag head)"),
     MethodSpec(
-        "transmil", family="mil", build="baselines.transmil:build", config="baselines.transmil:TransMILConfig",
+        "transmil", job_cost=20.9, family="mil", build="baselines.transmil:build", config="baselines.transmil:TransMILConfig",
         train={"optimizer": "lookahead_radam (Lookahead alpha 0.5, k 6 over RAdam)", "lr": 2e-4,
                "weight_decay": 1e-5, "weight_decay_on": "params with ndim > 1, not biases", "epochs": 200,
                "early_stopping": "val loss, patience 10; checkpoint = best val loss",
@@ -153,7 +154,7 @@ METHODS: dict[str, MethodSpec] = _table(
         code="szc19990412/TransMIL models/TransMIL.py + nystrom-attention 0.0.14",
         description="Nystrom transformer MIL with PPEG position encoding and a cls token"),
     MethodSpec(
-        "dtfdmil", family="mil", build="baselines.dtfdmil:build", config="baselines.dtfdmil:DTFDMILConfig",
+        "dtfdmil", job_cost=1.8, family="mil", build="baselines.dtfdmil:build", config="baselines.dtfdmil:DTFDMILConfig",
         train={"optimizer": "adam x2 (tier 1: dim_reduction+attention+classifier; tier 2: att_classifier)",
                "lr": 1e-4, "weight_decay": 1e-4, "epochs": 200,
                "scheduler": "MultiStepLR milestones [100], gamma 0.2 (both optimizers)",
@@ -173,7 +174,7 @@ METHODS: dict[str, MethodSpec] = _table(
         code="hrzhang1123/DTFD-MIL Model/Attention.py, Model/network.py, utils.py, Main_DTFD_MIL.py",
         description="double-tier feature distillation MIL over random pseudo-bags (AFS)"),
     MethodSpec(
-        "wikg", family="mil", build="baselines.wikg:build", config="baselines.wikg:WiKGConfig",
+        "wikg", job_cost=3.0, family="mil", build="baselines.wikg:build", config="baselines.wikg:WiKGConfig",
         train={"optimizer": "adam", "lr": 1e-4, "weight_decay": 1e-5, "epochs": 100, "scheduler": None,
                "grad_clip": None, "loss": "cross-entropy", "batch_size": 1, "seed": 2023,
                "model_selection": "best validation acc / AUC / F1 / kappa / specificity, one checkpoint each"},
@@ -185,7 +186,7 @@ METHODS: dict[str, MethodSpec] = _table(
         code="WonderLandxD/WiKG model.py, train.py",
         description="dynamic top-k graph with knowledge-aware attention (WiKG), mean readout"),
     MethodSpec(
-        "tdc", family="kd", build="baselines.tdc:build", config="baselines.tdc:TDCConfig",
+        "tdc", job_cost=5.0, family="kd", build="baselines.tdc:build", config="baselines.tdc:TDCConfig",
         needs=frozenset({"omics_train"}),
         train={"optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-5, "scheduler": "cosine T_max 50 per epoch",
                "epochs": 100, "early_stopping": "val AUC, patience 5, stop_epoch 5", "grad_accumulation": 16,
@@ -206,7 +207,7 @@ METHODS: dict[str, MethodSpec] = _table(
              "CityU-AIM-Group/MultiModal-learning MIA 2023/stage2_unimodal_student",
         description="offline KD from 3 frozen teachers: discrepancy-weighted CRD-NCE with memory bank + logit KD"),
     MethodSpec(
-        "mkd", family="kd", build="baselines.mkd:build", config="baselines.mkd:MKDConfig",
+        "mkd", job_cost=4.7, family="kd", build="baselines.mkd:build", config="baselines.mkd:MKDConfig",
         needs=frozenset({"omics_train"}),
         train={"optimizer": "adamw", "lr": 2e-4, "weight_decay": 1e-5, "scheduler": "cosine T_max 50 per epoch",
                "epochs": 100, "early_stopping": "mean val AUC of student + 2 teachers, patience 5, stop_epoch 5",
@@ -222,7 +223,7 @@ METHODS: dict[str, MethodSpec] = _table(
         code="zqb77/MICCAI25 models/online_kd.py, models/snnmil.py, trainer/online_kd_trainer.py",
         description="online KD: ABMIL student + multimodal and omics teachers, SP/KL/orthogonality/CORAL"),
     MethodSpec(
-        "ghanet", family="kd", build="baselines.ghanet:build", config="baselines.ghanet:GHANetConfig",
+        "ghanet", job_cost=10.1, family="kd", build="baselines.ghanet:build", config="baselines.ghanet:GHANetConfig",
         needs=frozenset({"omics_train"}),
         train={"optimizer": "adam", "lr": 2e-4, "weight_decay": 1e-5, "scheduler": "StepLR(30, 0.1)",
                "epochs": 20, "grad_accumulation": 32, "batch_size": 1, "weighted_sample": True,
@@ -238,7 +239,7 @@ METHODS: dict[str, MethodSpec] = _table(
              "models/hyper_attention_module.py",
         description="genomic tokens reconstruct omics from patches (CAB) + hyper-attention branch; slides only at test"),
     MethodSpec(
-        "momkd", family="ours", build="momkd:build", config="momkd:MoMKDConfig",
+        "momkd", job_cost=7.2, family="ours", build="momkd:build", config="momkd:MoMKDConfig",
         needs=frozenset({"coords", "omics_train"}),
         variants={
             "full": {},

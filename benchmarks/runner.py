@@ -283,6 +283,9 @@ def main(args) -> int:
         print(f"skipping {m}: {why}", file=sys.stderr)
     store = ResultStore(run_dir)
     todo = [j for j in plan.jobs if args.force or not store.done(j)]
+    # longest jobs first (registry job_cost: seconds per job measured on the small cohort), so the
+    # workers finish together instead of one of them running the last slow job alone
+    todo.sort(key=lambda j: -registry.get(j.method).job_cost)
     print(f"{suite.name}: {len(plan.jobs)} jobs ({len(plan.jobs) - len(todo)} finished and reused, "
           f"{len(todo)} to run) -> {run_dir}", file=sys.stderr)
     ctx = RunContext(suite.name, str(run_dir), src, ext_src if ext_cohort is not None else None,
