@@ -78,3 +78,21 @@ def test_float16_bags_compute_in_float32():
     v = compute_view(b)
     assert v.features.dtype == torch.float32 and b.features.dtype == torch.float16
     assert v.edge_index is b.edge_index  # the slide's graph is built once and shared
+
+
+def test_mixed_feature_dims_fall_back_to_the_readers_error(tmp_path, capsys, monkeypatch):
+    """A slide whose feature dim differs: no store is built, and the run stops with the usual
+    dimension-mismatch problem naming that slide (as without --feature-store)."""
+    import h5py
+
+    _write_dataset(tmp_path / "d", n_cases=12)
+    odd = "TCGA-AA-0005-01Z-00-DX1"
+    with h5py.File(tmp_path / "d" / "features" / f"{odd}.h5", "w") as h:
+        h["features"] = np.zeros((9, 5), np.float32)
+        h["coords"] = np.zeros((9, 2), np.int64)
+    assert FeatureStore.open_or_build(_paths(tmp_path / "d"), "float16", tmp_path / "cache", progress=False) is None
+    monkeypatch.setenv("MOMKD_CACHE_DIR", str(tmp_path / "cache"))
+    rc = main(["run", "--data", str(tmp_path / "d"), "--methods", "abmil", "--tasks", "her2", "--folds", "0",
+               "--max-epochs", "1", "--no-progress", "--workers", "1", "--no-tracking", "--feature-store",
+               "--out", str(tmp_path / "r")])
+    assert rc == 2 and odd in capsys.readouterr().err
