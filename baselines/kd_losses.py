@@ -304,6 +304,20 @@ class KDWindow:
     def append(self, bag: Any, cache: dict[str, Any]) -> None:
         self.items.append((bag, cache))
 
+    def push_and_reduce(self, bag: Any, cache: dict[str, Any], release: Any, reduce: Any) -> dict[str, Any] | None:
+        """Append the current slide, the previous one's cache becoming ``release(cache)`` (its graph
+        dropped or detached); when the window is full return ``reduce()`` (the window terms) and
+        start a new window, else ``None``."""
+        if self.items:
+            prev_bag, prev = self.items[-1]
+            self.items[-1] = (prev_bag, release(prev))
+        self.append(bag, cache)
+        if not self.full:
+            return None
+        out = reduce()
+        self.clear()
+        return out
+
     @property
     def full(self) -> bool:
         return len(self.items) >= self.size

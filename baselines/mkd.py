@@ -228,22 +228,16 @@ class MKD(MILModel):
         if self.training:
             rows = {"f_s": ex["bag_feature"], "z_s": output.logits, "f_mm": ex["feature_mm"],
                     "z_mm": ex["logits_mm"], "f_g": ex["feature_omics"], "z_g": ex["logits_omics"]}
-            self._push(bag, rows)
-            if self._window.full:
-                kd = self._window_terms()
-                self._window.clear()
+            kd = self._window.push_and_reduce(bag, rows, self._release, self._window_terms)
+            if kd is not None:
                 total = total + kd["kd"]
                 terms.update(kd)
         terms["total"] = total
         return terms
 
-    def _push(self, bag: Any, rows: dict[str, torch.Tensor]) -> None:
-        """Append the current slide; release (recompute) or detach (current) the previous one's graph."""
-        if len(self._window):
-            prev_bag, prev = self._window.items[-1]
-            self._window.items[-1] = (prev_bag, {} if self.window_grad == "recompute"
-                                      else {k: v.detach() for k, v in prev.items()})
-        self._window.append(bag, rows)
+    def _release(self, prev: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The previous slide's cache: dropped (recompute: re-run later) or detached (current)."""
+        return {} if self.window_grad == "recompute" else {k: v.detach() for k, v in prev.items()}
 
     def _window_rows(self) -> dict[str, torch.Tensor]:
         out: dict[str, list[torch.Tensor]] = {k: [] for k in ("f_s", "z_s", "f_mm", "z_mm", "f_g", "z_g")}

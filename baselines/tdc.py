@@ -223,11 +223,10 @@ class TDC(MILModel):
         terms = {"ce_student": ce}
         total = ce * self.ce_scale
         if self.training:
-            self._push(bag, {"f_s": ex["bag_feature"], "z_s": output.logits, "y": y,
-                             "idx": torch.tensor([self._row(bag)], device=y.device), "teachers": ex["teachers"]})
-            if self._window.full:
-                kd = self._window_terms()
-                self._window.clear()
+            rows = {"f_s": ex["bag_feature"], "z_s": output.logits, "y": y,
+                    "idx": torch.tensor([self._row(bag)], device=y.device), "teachers": ex["teachers"]}
+            kd = self._window.push_and_reduce(bag, rows, self._release, self._window_terms)
+            if kd is not None:
                 total = total + kd["kd"]
                 terms.update(kd)
         terms["total"] = total
@@ -240,14 +239,13 @@ class TDC(MILModel):
                            "(the memory bank has one row per training slide)")
         return self._index[sid]
 
-    def _push(self, bag: Any, rows: dict[str, Any]) -> None:
-        if len(self._window):
-            prev_bag, prev = self._window.items[-1]
-            keep = {k: prev[k] for k in ("y", "idx", "teachers")}
-            if self.window_grad == "current":
-                keep.update(f_s=prev["f_s"].detach(), z_s=prev["z_s"].detach())
-            self._window.items[-1] = (prev_bag, keep)
-        self._window.append(bag, rows)
+    def _release(self, prev: dict[str, Any]) -> dict[str, Any]:
+        """The previous slide's cache: labels, bank rows and frozen-teacher outputs kept; the
+        student's graph dropped (recompute) or detached (current)."""
+        keep = {k: prev[k] for k in ("y", "idx", "teachers")}
+        if self.window_grad == "current":
+            keep.update(f_s=prev["f_s"].detach(), z_s=prev["z_s"].detach())
+        return keep
 
     def _window_terms(self) -> dict[str, torch.Tensor]:
         f_s, z_s, ys, idx = [], [], [], []
