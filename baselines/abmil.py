@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from baselines.layers import FastDropout, GatedAttention, masked_softmax
-from momkd.contract import MILModel, Output, bag_label, check_bag
+from momkd.contract import MILModel, Output, check_bag
 
 
 @dataclass(frozen=True)
@@ -54,11 +53,6 @@ class ABMIL(MILModel):
         a = masked_softmax(a_raw, mask, dim=1)
         m = torch.bmm(a.unsqueeze(1), h).squeeze(1)  # (B, E)
         return Output(self.classifiers(m), attention=a, extras={"bag_feature": m})
-
-    def loss(self, output: Output, bag: Any) -> dict[str, torch.Tensor]:
-        label = bag.label if torch.is_tensor(getattr(bag, "label", None)) else bag_label(bag)
-        ce = F.cross_entropy(output.logits, label.reshape(-1))
-        return {"total": ce, "ce": ce}
 
 
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> ABMIL:

@@ -1,7 +1,7 @@
 """Optional multi-slide batching: several bags per optimizer step, padded to the longest bag with a
 patch mask (issue #9). Off by default (``ProtocolConfig.batch_size = 1``): every official protocol
 trains one slide per step. Only models whose maths allows padding implement ``forward_batch(x,
-mask)`` (attention pooling with masked softmax, e.g. ABMIL); the others train one slide per step
+mask)`` (attention pooling with ``baselines.layers.masked_softmax``, e.g. ABMIL); the others train one slide per step
 whatever the setting, and the job result records the batch size actually used.
 """
 from __future__ import annotations
@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-
-from baselines.layers import masked_softmax  # noqa: F401  (re-exported: the padded paths use it)
 
 
 @dataclass

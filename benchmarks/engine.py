@@ -192,14 +192,11 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
             for start in range(0, len(order), batch_size):
                 if batch_size == 1:
                     bag = compute_view(train_bags[order[start]])
-                    with _autocast(device, protocol):
-                        out = forward(bag)
-                        terms = model.loss(out, bag)
                 else:  # optional padded multi-slide step (batching.py)
                     bag = pad_bags([compute_view(train_bags[i]) for i in order[start:start + batch_size]])
-                    with _autocast(device, protocol):
-                        out = model.forward_batch(bag.features, bag.mask)
-                        terms = model.loss(out, bag)
+                with _autocast(device, protocol):
+                    out = forward(bag) if batch_size == 1 else model.forward_batch(bag.features, bag.mask)
+                    terms = model.loss(out, bag)
                 total = terms["total"]
                 if sync_each_step:
                     if not torch.isfinite(total):

@@ -114,12 +114,13 @@ def _drop_cache(paths) -> None:
     import os
 
     for p in paths:
+        fd = os.open(p, os.O_RDONLY)
         try:
-            fd = os.open(p, os.O_RDONLY)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            os.close(fd)
-        except (OSError, AttributeError):
+        except (OSError, AttributeError):  # not every platform / file system honours it
             pass
+        finally:
+            os.close(fd)
 
 
 def io_benchmark(n_slides: int = 32, n_patches: int = 4000, dim: int = 1536, workdir: str | None = None) -> list[dict]:

@@ -37,11 +37,14 @@ class Output:
 
 
 def bag_label(bag: Any) -> torch.Tensor:
-    """The bag's class as a (1,) long tensor on the features' device; error if unlabelled."""
+    """The bag's class as a (1,) long tensor on the features' device (a padded multi-slide batch,
+    benchmarks/batching.py, carries its (B,) labels as a tensor already); error if unlabelled."""
     label = getattr(bag, "label", None)
     if label is None:
         raise ValueError(f"slide {getattr(bag, 'slide_id', '?')}: no label for the current task; "
                          "training needs a labelled bag")
+    if torch.is_tensor(label):
+        return label.reshape(-1).to(device=bag.features.device, dtype=torch.long)
     return torch.as_tensor([int(label)], device=bag.features.device)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -105,8 +106,6 @@ class FeatureStore(Mapping[str, np.ndarray]):
                     raise
         finally:
             if tmp.exists():
-                import shutil
-
                 shutil.rmtree(tmp, ignore_errors=True)
         return cls(root)
 
