@@ -102,8 +102,11 @@ class BilinearFusion(nn.Module):
         self.encoder2 = nn.Sequential(nn.Linear(256 + dim1 + dim2, mmhid), nn.ReLU(), FastDropout(dropout))
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:  # (B, dim1), (B, dim2) -> (B, mmhid)
-        o1 = self.linear_o1(torch.sigmoid(self.linear_z1(v1, v2)) * self.linear_h1(v1))
-        o2 = self.linear_o2(torch.sigmoid(self.linear_z2(v1, v2)) * self.linear_h2(v2))
+        # nn.Bilinear is not on autocast's cast lists: under bf16 autocast its inputs (outputs of autocast
+        # Linears) are brought back to the weight dtype; a no-op in fp32
+        a, b = v1.to(self.linear_z1.weight.dtype), v2.to(self.linear_z1.weight.dtype)
+        o1 = self.linear_o1(torch.sigmoid(self.linear_z1(a, b)) * self.linear_h1(v1))
+        o2 = self.linear_o2(torch.sigmoid(self.linear_z2(a, b)) * self.linear_h2(v2))
         o1 = torch.cat([o1, o1.new_ones(o1.shape[0], 1)], 1)
         o2 = torch.cat([o2, o2.new_ones(o2.shape[0], 1)], 1)
         o12 = torch.bmm(o1.unsqueeze(2), o2.unsqueeze(1)).flatten(start_dim=1)  # (B, (d1+1)(d2+1))

@@ -24,18 +24,19 @@ MATMUL_FLOOR_GFLOPS = 350.0
 
 
 def make_case(method: str, n: int, dim: int, omics_dim: int, variant: str = "default",
-              params: dict | None = None, seed: int = 0):
+              params: dict | None = None, seed: int = 0, bf16: bool = False):
     """A random bag of ``n`` patches on a jittered grid (kNN graph built once, as the cohort caches
     it) and the method's training step as the engine runs it: forward, the method's own loss,
-    backward, global-norm clipping at 16, fused AdamW. Returns ``(model, bag, step, graph_s)``; the
-    pytest-benchmark cases in tests/test_perf.py time the same ``step``."""
+    backward, global-norm clipping at 16, fused AdamW; ``bf16``: under the engine's CPU bf16 autocast
+    (``--cpu-bf16``). Returns ``(model, bag, step, graph_s)``; the pytest-benchmark cases in
+    tests/test_perf.py time the same ``step``."""
     import time
     from types import SimpleNamespace
 
     import torch
 
     from benchmarks import registry
-    from benchmarks.engine import make_optimizer
+    from benchmarks.engine import autocast_context, make_optimizer
     from benchmarks.protocol import ProtocolConfig
     from momkd.graph import knn_edge_index
 
@@ -54,13 +55,15 @@ def make_case(method: str, n: int, dim: int, omics_dim: int, variant: str = "def
         model.on_fit_start([bag])
     trainable = (model.trainable_parameters() if hasattr(model, "trainable_parameters")
                  else [p for p in model.parameters() if p.requires_grad])
-    protocol = ProtocolConfig()
+    protocol = ProtocolConfig(cpu_bf16=bf16)
     opt = make_optimizer(trainable, protocol)
+    cpu = torch.device("cpu")
 
     def step():
         model.train()
-        out = model(bag)
-        loss = model.loss(out, bag)["total"]
+        with autocast_context(cpu, protocol):
+            out = model(bag)
+            loss = model.loss(out, bag)["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, protocol.grad_clip)
@@ -72,7 +75,7 @@ def make_case(method: str, n: int, dim: int, omics_dim: int, variant: str = "def
 
 
 def _measure(method: str, n: int, dim: int, omics_dim: int, steps: int, threads: int, variant: str,
-             params: dict | None = None) -> dict:
+             params: dict | None = None, bf16: bool = False) -> dict:
     """Runs inside the subprocess."""
     import resource
     import time
@@ -82,7 +85,7 @@ def _measure(method: str, n: int, dim: int, omics_dim: int, steps: int, threads:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(threads)
-    model, bag, step, graph_s = make_case(method, n, dim, omics_dim, variant, params)
+    model, bag, step, graph_s = make_case(method, n, dim, omics_dim, variant, params, bf16=bf16)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     step()  # warm-up
     with FlopCounterMode(display=False) as fc:  # matmul/conv FLOPs of one step (forward + backward)
@@ -95,14 +98,14 @@ def _measure(method: str, n: int, dim: int, omics_dim: int, steps: int, threads:
         times.append(time.perf_counter() - t)
     model.eval()
     ibag = SimpleNamespace(**{**vars(bag), "omics": None})
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         t = time.perf_counter()
         model(ibag)
         infer = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     best = min(times)
     return {"method": method, "variant": variant, "n_patches": n, "dim": dim, "threads": threads,
-            "params": json.dumps(params or {}, sort_keys=True),
+            "params": json.dumps(params or {}, sort_keys=True), "bf16": bf16,
             "step_s": best, "step_s_mean": sum(times) / len(times), "infer_s": infer,
             "step_gflop": flops / 1e9, "gflop_per_s": flops / 1e9 / best,
             "floor_frac": flops / 1e9 / best / MATMUL_FLOOR_GFLOPS,
@@ -201,10 +204,10 @@ def io_benchmark(n_slides: int = 32, n_patches: int = 4000, dim: int = 1536, wor
 
 
 def run_case(method: str, n: int, dim: int, omics_dim: int, steps: int, threads: int, variant: str = "default",
-             timeout: float = 900, params: dict | None = None) -> dict:
+             timeout: float = 900, params: dict | None = None, bf16: bool = False) -> dict:
     code = (f"import json,sys; from benchmarks.perf import _measure; "
             f"print('RESULT'+json.dumps(_measure({method!r},{n},{dim},{omics_dim},{steps},{threads},{variant!r},"
-            f"json.loads({json.dumps(params or {})!r}))))")
+            f"json.loads({json.dumps(params or {})!r}),{bf16!r})))")
     try:
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -235,6 +238,8 @@ def add_arguments(p) -> None:
     p.add_argument("--omics-dim", type=int, default=768)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action="store_true",
+                   help="steps under CPU bf16 autocast (the run flag --cpu-bf16); default fp32 as the official code")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", default="results/perf.csv")
 
@@ -275,7 +280,7 @@ def main(args) -> int:
     for m in methods:
         for n, dim in sizes:
             r = run_case(m, n, dim, args.omics_dim, args.steps, args.threads, args.variant, args.timeout,
-                         params={**preset.get(m, {}), **extra} or None)
+                         params={**preset.get(m, {}), **extra} or None, bf16=args.bf16)
             rows.append(r)
             print(json.dumps(r), file=sys.stderr)
     df = pd.DataFrame(rows)

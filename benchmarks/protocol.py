@@ -40,8 +40,10 @@ class ProtocolConfig:
     grad_clip: float = 16.0  # MoMKD run.sh passes GRAD_ACCUMULATION=16 as clip_grad_norm_ max-norm
     balanced_sampling: bool = True  # class-balanced sampling with replacement (MoMKD/CLAM option)
     device: str = "auto"  # "auto" | "cpu" | "cuda"
-    bf16: bool = True  # bf16 autocast on CUDA only
+    bf16: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPU too (AVX512-BF16/AMX GEMMs ~2x faster; not the official fp32)
     deterministic: bool = True  # torch deterministic algorithms on CPU
+    feature_norm: str = "none"  # "none" (features as given) | "train_zscore" (fitted on the training part)
     omics_genes: int = 0  # genes kept per fold by ANOVA F on the training cases (0 = all; official MoMKD: 768)
     batch_size: int = 1  # slides per optimizer step; > 1 only for models with a padded path (batching.py)
     compile: bool = False  # torch.compile the model's forward (dynamic shapes); off: official eager code
@@ -53,6 +55,8 @@ class ProtocolConfig:
             raise ValueError(f"val_frac must be in (0, 0.5), got {self.val_frac}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.feature_norm not in ("none", "train_zscore"):
+            raise ValueError(f"feature_norm must be 'none' or 'train_zscore', got {self.feature_norm!r}")
         if self.threshold not in ("0.5", "val_f1", "val_youden"):
             raise ValueError(f"threshold must be '0.5', 'val_f1' or 'val_youden', got {self.threshold!r}")
 

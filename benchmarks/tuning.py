@@ -219,8 +219,8 @@ def fold_validation_auc(cohort: Any, split: Any, cfg: TuneConfig, hparams: dict[
     from benchmarks.runner import build_bags
 
     spec = registry.get(cfg.method)
-    train, val, test = build_bags(cohort, trainval_split(split), cfg.task, "omics_train" in spec.needs,
-                                  protocol.omics_genes)
+    train, val, test, _ = build_bags(cohort, trainval_split(split), cfg.task, "omics_train" in spec.needs,
+                                     protocol)
     assert not test, "the tuning split must not hold test slides"
     seed = cfg.seed * 1000 + split.fold  # as benchmarks.runner.execute_job
     seed_everything(seed, protocol.deterministic)

@@ -6,8 +6,11 @@ WSI branch (paper "Dual-Branch Encoding" + Eq. 1; official ``models/mkd.py`` ``W
     h_l = Dropout(ELU(LN_l(GATv2_l(h_{l-1})))) + h_{l-1}        # l >= 2
     contextual = max(h_1, ..., h_L)                             # element-wise ("JK-max")
 
-Each GATv2 layer is a torch-geometric ``GATv2Conv`` (heads concatenated, self loops added,
-``share_weights=False``). Its parameters are used by :func:`gatv2_chunked`, which computes the
+Each GATv2 layer has the parameters of a torch-geometric ``GATv2Conv`` (heads concatenated, self
+loops added, ``share_weights=False``): with ``impl="pyg"`` it is that module and its ``forward``;
+with ``impl="chunked"`` (default) it is :class:`GATv2Params`, the same parameters, names and seeded
+initial values without importing torch-geometric (1.9 s and ~160 MiB per process), evaluated by
+:func:`gatv2_chunked`, which computes the
 same function as ``GATv2Conv.forward`` but never holds more than ``chunk_edges`` x heads x
 channels per-edge values: edges are grouped by target node, each group of targets is a block,
 and a custom autograd function stores only the (E, heads) attention weights (and dropout
@@ -19,6 +22,7 @@ decoder for the reconstruction loss, and a linear projector to the unit sphere.
 """
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +31,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_geometric.nn import GATv2Conv
 
 
 def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
@@ -190,9 +193,57 @@ class _GATv2Attention(torch.autograd.Function):
         return g_xl.view(n, heads, ch), g_xr.view(n, heads, ch), g_att, None, None, None, None, None, None
 
 
-def gatv2_chunked(conv: GATv2Conv, x: torch.Tensor, blocks: TargetBlocks) -> torch.Tensor:
-    """``conv(x, edge_index)`` for a ``GATv2Conv`` (concat heads, no edge features, no residual),
-    computed block by block."""
+class GATv2Params(nn.Module):
+    """The parameters of ``torch_geometric.nn.GATv2Conv(in_dim, channels, heads, concat=True,
+    share_weights=False)``: ``lin_l``, ``lin_r`` (weight and bias), ``att`` (1, H, C) and ``bias``
+    (H*C), with the same state_dict keys and, for the same seed, the same initial values (PyG draws
+    glorot weights and uniform(+-1/sqrt(in)) biases for both linears when they are built and again
+    in ``reset_parameters``, then glorot ``att``; bias zero). Evaluated by :func:`gatv2_chunked`."""
+
+    lin_edge = None  # no edge features
+    res = None  # no GATv2Conv residual (the encoder adds its own)
+    add_self_loops = True
+    concat = True
+
+    def __init__(self, in_dim: int, channels: int, heads: int, negative_slope: float = 0.2, dropout: float = 0.0):
+        super().__init__()
+        self.in_channels, self.out_channels, self.heads = in_dim, channels, heads
+        self.negative_slope, self.dropout = negative_slope, dropout
+        self.lin_l = nn.utils.skip_init(nn.Linear, in_dim, heads * channels)
+        self._reset_linear(self.lin_l)  # drawn in Linear.__init__ as PyG does ...
+        self.lin_r = nn.utils.skip_init(nn.Linear, in_dim, heads * channels)
+        self._reset_linear(self.lin_r)
+        self.att = nn.Parameter(torch.empty(1, heads, channels))
+        self.bias = nn.Parameter(torch.empty(heads * channels))
+        self.reset_parameters()  # ... and again in GATv2Conv.reset_parameters
+
+    @staticmethod
+    def _reset_linear(lin: nn.Linear) -> None:
+        with torch.no_grad():
+            bound = math.sqrt(6.0 / (lin.weight.shape[0] + lin.weight.shape[1]))  # PyG glorot
+            lin.weight.uniform_(-bound, bound)
+            b = 1.0 / math.sqrt(lin.weight.shape[1])  # PyG inits.uniform(in_channels, bias)
+            lin.bias.uniform_(-b, b)
+
+    def reset_parameters(self) -> None:
+        self._reset_linear(self.lin_l)
+        self._reset_linear(self.lin_r)
+        with torch.no_grad():
+            bound = math.sqrt(6.0 / (self.att.shape[-2] + self.att.shape[-1]))
+            self.att.uniform_(-bound, bound)
+            self.bias.zero_()
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
+def gatv2_chunked(conv: nn.Module, x: torch.Tensor, blocks: TargetBlocks) -> torch.Tensor:
+    """``conv(x, edge_index)`` for a ``GATv2Conv`` or :class:`GATv2Params` (concat heads, no edge
+    features, no residual), computed block by block."""
     if conv.lin_edge is not None or conv.res is not None or not conv.add_self_loops:
         raise NotImplementedError("gatv2_chunked: edge features, GATv2Conv residual and add_self_loops=False "
                                   "are not supported; use gat_impl='pyg'")
@@ -205,8 +256,14 @@ def gatv2_chunked(conv: GATv2Conv, x: torch.Tensor, blocks: TargetBlocks) -> tor
         starts = torch.cat([torch.full((e1 - e0,), n0, dtype=blocks.dst.dtype, device=blocks.dst.device)
                             for n0, _, e0, e1 in blocks.bounds])
         dst_local = blocks.dst - starts
-    out = _GATv2Attention.apply(x_l, x_r, att, blocks.src, dst_local, blocks.bounds, conv.negative_slope,
-                                float(conv.dropout), conv.training)
+    dev = x_l.device.type
+    if _autocast_on(dev):  # bf16 GEMMs above; per-edge softmax and sums stay float32
+        with torch.autocast(dev, enabled=False):
+            out = _GATv2Attention.apply(x_l.float(), x_r.float(), att.float(), blocks.src, dst_local, blocks.bounds,
+                                        conv.negative_slope, float(conv.dropout), conv.training)
+    else:
+        out = _GATv2Attention.apply(x_l, x_r, att, blocks.src, dst_local, blocks.bounds, conv.negative_slope,
+                                    float(conv.dropout), conv.training)
     out = out.reshape(-1, heads * ch) if conv.concat else out.mean(dim=1)
     if conv.bias is not None:
         out = out + conv.bias
@@ -294,14 +351,19 @@ class WSIEncoder(nn.Module):
         self.impl, self.chunk_edges = impl, chunk_edges or max(1024, 2**19 // hidden_dim)
         for l in range(1, n_layers + 1):
             d_in = in_dim if l == 1 else hidden_dim
-            self.add_module(f"gat{l}", GATv2Conv(d_in, hidden_dim // heads, heads=heads, concat=True,
-                                                 negative_slope=negative_slope, dropout=gat_dropout,
-                                                 add_self_loops=True, share_weights=False))
+            if impl == "pyg":
+                from torch_geometric.nn import GATv2Conv
+
+                conv = GATv2Conv(d_in, hidden_dim // heads, heads=heads, concat=True, negative_slope=negative_slope,
+                                 dropout=gat_dropout, add_self_loops=True, share_weights=False)
+            else:
+                conv = GATv2Params(d_in, hidden_dim // heads, heads, negative_slope, gat_dropout)
+            self.add_module(f"gat{l}", conv)
             self.add_module(f"ln{l}", nn.LayerNorm(hidden_dim))
         # residual of layer 1 (mkd.py res_proj1; identity when the widths agree)
         self.res_proj1 = nn.Linear(in_dim, hidden_dim) if in_dim != hidden_dim else nn.Identity()
 
-    def layers(self) -> list[tuple[GATv2Conv, nn.LayerNorm]]:
+    def layers(self) -> list[tuple[nn.Module, nn.LayerNorm]]:
         return [(getattr(self, f"gat{l}"), getattr(self, f"ln{l}")) for l in range(1, self.n_layers + 1)]
 
     def _post(self, g: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pandas as pd
 import torch
 
 from benchmarks.data.cohort import Cohort, CohortSource
-from benchmarks.protocol import make_splits
+from benchmarks.protocol import ProtocolConfig, make_splits
 from benchmarks.runner import build_bags
 
 
@@ -22,7 +22,7 @@ def test_train_omics_depend_only_on_training_cases():
     omics = pd.DataFrame(rng.normal(size=(40, 6)), index=[f"c{i}" for i in range(40)],
                          columns=[f"g{j}" for j in range(6)])
     split = make_splits(_cohort(omics).manifest, "her2", n_folds=5, seed=0)[0]
-    train, val, test = build_bags(_cohort(omics), split, "her2", needs_omics=True)
+    train, val, test, _ = build_bags(_cohort(omics), split, "her2", True, ProtocolConfig())
     assert all(b.omics is not None for b in train) and all(b.omics is None for b in val + test)
     # z-scored on training cases: mean 0 / std 1 over the training cases exactly
     z = torch.stack([b.omics for b in train]).double()
@@ -31,12 +31,12 @@ def test_train_omics_depend_only_on_training_cases():
     held_out = [c for c in omics.index if c not in {b.case_id for b in train}]
     poisoned = omics.copy()
     poisoned.loc[held_out] = 1e6
-    train2, _, _ = build_bags(_cohort(poisoned), split, "her2", needs_omics=True)
+    train2, *_ = build_bags(_cohort(poisoned), split, "her2", True, ProtocolConfig())
     for a, b in zip(train, train2):
         assert torch.equal(a.omics, b.omics)
     # while changing a training case does move them (the check can fail)
     poisoned.loc[train[0].case_id] = 1e6
-    train3, _, _ = build_bags(_cohort(poisoned), split, "her2", needs_omics=True)
+    train3, *_ = build_bags(_cohort(poisoned), split, "her2", True, ProtocolConfig())
     assert not torch.equal(train[1].omics, train3[1].omics)
 
 
@@ -50,7 +50,7 @@ def test_fold_gene_selection_uses_training_labels_only():
     omics["g7"] += 3.0 * y  # the informative gene
     cohort = _cohort(omics)
     split = make_splits(cohort.manifest, "her2", n_folds=5, seed=0)[0]
-    train, _, _ = build_bags(cohort, split, "her2", needs_omics=True, n_genes=5)
+    train, *_ = build_bags(cohort, split, "her2", True, ProtocolConfig(omics_genes=5))
     assert train[0].omics.shape == (5,)
     from benchmarks.data.omics import fold_omics
 
@@ -67,3 +67,38 @@ def test_fold_gene_selection_uses_training_labels_only():
     shuffled = list(rng2.permutation(flipped))
     z3, _ = fold_omics(omics, [b.case_id for b in train], labels=shuffled, n_genes=5)
     assert list(z3.columns) != list(z.columns)
+
+
+def test_feature_standardisation_fitted_on_training_patches_only():
+    """``feature_norm="train_zscore"``: the patch features of every part are standardised with the
+    training part's per-feature mean/std; poisoning validation/test slides changes nothing of it."""
+    rng = np.random.default_rng(4)
+    omics = pd.DataFrame(rng.normal(size=(40, 3)), index=[f"c{i}" for i in range(40)])
+    cohort = _cohort(omics)
+    for s in cohort.features:  # one constant column, others on very different scales
+        cohort.features[s][:, 0] = 7.0
+        cohort.features[s][:, 1] *= 1000.0
+    split = make_splits(cohort.manifest, "her2", n_folds=5, seed=0)[0]
+    zs = ProtocolConfig(feature_norm="train_zscore")
+    raw_train, raw_val, raw_test, _ = build_bags(cohort, split, "her2", False, ProtocolConfig())
+    train, val, test, ext = build_bags(cohort, split, "her2", False, zs, [raw_test[0]])
+    x = torch.cat([b.features for b in train]).double()
+    assert torch.allclose(x.mean(0), torch.zeros(4, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(x[:, 1:].std(0, unbiased=False), torch.ones(3, dtype=torch.float64), atol=1e-4)
+    assert torch.equal(x[:, 0], torch.zeros_like(x[:, 0]))  # constant feature -> 0, not NaN
+    # held-out bags use the training statistics (not their own)
+    raw = torch.cat([b.features for b in raw_train]).double()
+    mu, sd = raw.mean(0), raw.std(0, unbiased=False)
+    sd[sd < 1e-6] = 1.0
+    want = ((raw_test[0].features.double() - mu) / sd).float()
+    assert torch.allclose(test[0].features, want, atol=1e-4) and torch.allclose(ext[0].features, want, atol=1e-4)
+    assert len(val) == len(raw_val)
+    # poisoning every validation and test slide leaves the training features unchanged
+    for b in raw_val + raw_test:
+        cohort.features[b.slide_id][:] = 1e6
+    train2, *_ = build_bags(cohort, split, "her2", False, zs)
+    assert all(torch.equal(a.features, b.features) for a, b in zip(train, train2))
+    # while poisoning a training slide does move them (the check can fail)
+    cohort.features[raw_train[0].slide_id][:] = 1e6
+    train3, *_ = build_bags(cohort, split, "her2", False, zs)
+    assert not torch.equal(train[1].features, train3[1].features)

@@ -121,9 +121,9 @@ def tuned(tmp_path_factory):
 
     real_build, real_bag = runner.build_bags, Cohort.bag
 
-    def build(cohort, split, task, needs_omics, n_genes=0):
+    def build(cohort, split, task, needs_omics, protocol, external=None):
         current["fold"] = split.fold
-        return real_build(cohort, split, task, needs_omics, n_genes)
+        return real_build(cohort, split, task, needs_omics, protocol, external)
 
     def bag(self, slide_id):
         touched.append((current["fold"], slide_id))
