@@ -112,6 +112,37 @@ def _measure(method: str, n: int, dim: int, omics_dim: int, steps: int, threads:
             "knn_graph_s": graph_s, "peak_mb": peak, "step_mb": peak - base}
 
 
+def gemm_floor(threads: int = 2, sizes: tuple[int, ...] = (2048, 4096), repeats: int = 5) -> list[dict]:
+    """This machine's matrix-product throughput (GFLOP/s, best of ``repeats``) for square fp32 and
+    bf16 products and for MoMKD's largest shapes at 10k patches (the first layer's 1,536 -> 512
+    projection and its weight gradient): the ceiling a CPU training step can reach."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    cases = []
+    for n in sizes:
+        a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+        cases.append((f"square {n} fp32", a, b, 2 * n**3))
+        cases.append((f"square {n} bf16", a.bfloat16(), b.bfloat16(), 2 * n**3))
+    x, w = torch.randn(10_000, 1536, generator=gen), torch.randn(1536, 512, generator=gen)
+    g = torch.randn(10_000, 512, generator=gen)
+    cases.append(("(10000,1536)@(1536,512) fp32", x, w, 2 * 10_000 * 1536 * 512))
+    cases.append(("(512,10000)@(10000,1536) fp32", g.t(), x, 2 * 10_000 * 1536 * 512))
+    rows = []
+    for name, a, b, flops in cases:
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        rows.append({"case": name, "threads": threads, "seconds": best, "gflop_per_s": flops / best / 1e9})
+    return rows
+
+
 def _drop_cache(paths) -> None:
     """Best effort: ask the kernel to evict these files from the page cache (cold reads)."""
     import os
@@ -233,6 +264,8 @@ def add_arguments(p) -> None:
     p.add_argument("--suite", default="tcga_brca")
     p.add_argument("--io", action="store_true",
                    help="instead: load throughput of a cohort of h5 files vs raw sequential read (MB/s)")
+    p.add_argument("--floor", action="store_true",
+                   help="instead: this machine's matrix-product throughput (fp32/bf16 GFLOP/s), the ceiling of a step")
     p.add_argument("--io-slides", type=int, default=32)
     p.add_argument("--io-patches", type=int, default=4000)
     p.add_argument("--omics-dim", type=int, default=768)
@@ -251,6 +284,10 @@ def main(args) -> int:
 
     from benchmarks import registry
 
+    if args.floor:
+        df = pd.DataFrame(gemm_floor(args.threads))
+        print(tabulate(df, headers="keys", tablefmt="github", showindex=False, floatfmt=".3f"))
+        return 0
     if args.io:
         rows = io_benchmark(args.io_slides, args.io_patches, args.dim)
         df = pd.DataFrame(rows)

@@ -184,7 +184,11 @@ class _GATv2Attention(torch.autograd.Function):
             tsum = torch.zeros((n1 - n0, heads), dtype=t.dtype, device=t.device).index_add_(0, dl, t)
             d_s = t - a * tsum.index_select(0, dl)  # softmax backward, (Eb, H)
             u = xr2[n0:n1].index_select(0, dl).view(-1, heads, ch).add_(x_j)  # recomputed pre-activation
-            g_att += d_s.T @ F.leaky_relu(u, slope).view(-1, hc)
+            if slope >= 0:  # LeakyReLU keeps the sign, so its output can stand in for u in the backward
+                u = F.leaky_relu_(u, slope)
+                g_att += d_s.T @ u.view(-1, hc)
+            else:
+                g_att += d_s.T @ F.leaky_relu(u, slope).view(-1, hc)
             d_u = torch.ops.aten.leaky_relu_backward(d_s.unsqueeze(-1) * att, u, slope, False)  # (Eb, H, C)
             del u
             g_xr[n0:n1].index_add_(0, dl, d_u.view(-1, hc))
