@@ -170,7 +170,6 @@ def _static_environment() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-
 def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[Any],
         protocol: ProtocolConfig, seed: int, device: torch.device | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:

@@ -6,6 +6,8 @@ MoMKD code, so the default is ``"none"``. Hand-made features such as the 708 UCS
 normalised them with statistics of the whole data set (test bags included). ``"train_zscore"``
 is the leak-free form: per-feature mean and standard deviation over every patch of the training
 part (validation and test bags are never looked at), then the same affine map for all parts.
+Each job holds one standardised copy of the bags it uses (cheap for these small data sets; with
+whole-slide cohorts it doubles the features' memory per worker).
 """
 from __future__ import annotations
 
