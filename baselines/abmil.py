@@ -44,7 +44,6 @@ class ABMIL(MILModel):
         logits = self.classifiers(m)  # (1, C)
         return Output(logits, attention=a[0], extras={"attention_raw": a_raw[0], "bag_feature": m})
 
-
     def forward_batch(self, features: torch.Tensor, mask: torch.Tensor) -> Output:
         """Padded path for optional multi-slide batches (benchmarks/batching.py): (B, N, D) features and
         a (B, N) patch mask give (B, C) logits; each row equals ``forward`` on that slide alone."""

@@ -42,10 +42,9 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from baselines.layers import FastDropout
 from torch_geometric.nn import AttentionalAggregation, global_max_pool, global_mean_pool
 
+from baselines.layers import FastDropout
 from momkd.contract import MILModel, Output, check_bag
 
 AGG_TYPES = ("bi-interaction", "gcn", "sage")

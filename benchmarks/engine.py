@@ -71,11 +71,11 @@ def compute_view(bag: Any) -> Any:
     f = getattr(bag, "features", None)
     if f is None or f.dtype not in (torch.float16, torch.bfloat16):
         return bag
-    if not dataclasses.is_dataclass(bag):
-        return type(bag)(**{**vars(bag), "features": f.float()})
-    if getattr(bag, "coords", None) is not None:
-        bag.edge_index  # build the cached graph on the stored bag once, so the view shares it
-    return dataclasses.replace(bag, features=f.float())
+    if hasattr(bag, "with_features"):  # Bag: the view shares the slide's cached graph
+        return bag.with_features(f.float())
+    if dataclasses.is_dataclass(bag):
+        return dataclasses.replace(bag, features=f.float())
+    return type(bag)(**{**vars(bag), "features": f.float()})
 
 
 @torch.no_grad()

@@ -98,7 +98,10 @@ def _measure(method: str, n: int, dim: int, omics_dim: int, steps: int, threads:
         times.append(time.perf_counter() - t)
     model.eval()
     ibag = SimpleNamespace(**{**vars(bag), "omics": None})
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    from benchmarks.engine import autocast_context
+    from benchmarks.protocol import ProtocolConfig
+
+    with torch.no_grad(), autocast_context(torch.device("cpu"), ProtocolConfig(cpu_bf16=bf16)):
         t = time.perf_counter()
         model(ibag)
         infer = time.perf_counter() - t

@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 PARTS = ("train", "val", "test")
+FEATURE_NORMS = ("none", "train_zscore")  # patch-feature standardisation (benchmarks/data/normalize.py)
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ class ProtocolConfig:
             raise ValueError(f"val_frac must be in (0, 0.5), got {self.val_frac}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.feature_norm not in ("none", "train_zscore"):
-            raise ValueError(f"feature_norm must be 'none' or 'train_zscore', got {self.feature_norm!r}")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"feature_norm must be one of {FEATURE_NORMS}, got {self.feature_norm!r}")
         if self.threshold not in ("0.5", "val_f1", "val_youden"):
             raise ValueError(f"threshold must be '0.5', 'val_f1' or 'val_youden', got {self.threshold!r}")
 

@@ -24,7 +24,7 @@ from benchmarks.executors import EXECUTORS, run_jobs
 from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
-from benchmarks.protocol import ProtocolConfig, load_splits, make_splits, save_splits
+from benchmarks.protocol import FEATURE_NORMS, ProtocolConfig, load_splits, make_splits, save_splits
 from benchmarks.suites import Suite, load_suite
 
 GRIDS = ("cv", "ablation", "memory")
@@ -231,7 +231,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threshold", choices=("0.5", "val_f1", "val_youden"), default=None)
     p.add_argument("--cpu-bf16", action="store_true", default=None,
                    help="bf16 autocast on CPU (about 2x faster GEMMs on AVX512-BF16/AMX CPUs; default fp32)")
-    p.add_argument("--feature-norm", choices=("none", "train_zscore"), default=None,
+    p.add_argument("--feature-norm", choices=FEATURE_NORMS, default=None,
                    help="standardise patch features with the training part's statistics (default: the suite's)")
     p.add_argument("--skip-bad-slides", action="store_true",
                    help="drop unreadable/invalid slides (recorded in summary.json) instead of stopping")

@@ -22,6 +22,7 @@ decoder for the reconstruction loss, and a linear projector to the unit sphere.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
 from dataclasses import dataclass
@@ -261,11 +262,10 @@ def gatv2_chunked(conv: nn.Module, x: torch.Tensor, blocks: TargetBlocks) -> tor
                             for n0, _, e0, e1 in blocks.bounds])
         dst_local = blocks.dst - starts
     dev = x_l.device.type
-    if _autocast_on(dev):  # bf16 GEMMs above; per-edge softmax and sums stay float32
-        with torch.autocast(dev, enabled=False):
-            out = _GATv2Attention.apply(x_l.float(), x_r.float(), att.float(), blocks.src, dst_local, blocks.bounds,
-                                        conv.negative_slope, float(conv.dropout), conv.training)
-    else:
+    mixed = _autocast_on(dev)  # bf16 GEMMs above; the per-edge softmax and sums stay float32
+    if mixed:
+        x_l, x_r, att = x_l.float(), x_r.float(), att.float()
+    with torch.autocast(dev, enabled=False) if mixed else contextlib.nullcontext():
         out = _GATv2Attention.apply(x_l, x_r, att, blocks.src, dst_local, blocks.bounds, conv.negative_slope,
                                     float(conv.dropout), conv.training)
     out = out.reshape(-1, heads * ch) if conv.concat else out.mean(dim=1)

@@ -59,6 +59,13 @@ class Bag:
             view._edge_index = self.edge_index
         return view
 
+    def with_features(self, features: torch.Tensor) -> "Bag":
+        """A view with other features of the same patches (a float32 compute copy, standardised
+        features); the kNN graph is built once on this bag and shared with the view."""
+        if self._edge_index is None and self.coords is not None:
+            self.edge_index  # noqa: B018 - builds and caches the graph here, so the view shares it
+        return dataclasses.replace(self, features=features)
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Bag":
         def mv(t):
             if t is None:

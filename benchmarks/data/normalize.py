@@ -11,13 +11,12 @@ whole-slide cohorts it doubles the features' memory per worker).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-FEATURE_NORMS = ("none", "train_zscore")
+from benchmarks.protocol import FEATURE_NORMS
 
 
 @dataclass
@@ -27,8 +26,6 @@ class FeatureScaler:
     eps: float = 1e-6
     mean_: torch.Tensor | None = None
     std_: torch.Tensor | None = None
-    n_patches_: int = 0
-    fitted_slides_: tuple[str, ...] = ()
 
     def fit(self, bags: Sequence[Any]) -> "FeatureScaler":
         if not bags:
@@ -48,8 +45,7 @@ class FeatureScaler:
         var = (ss / n - mean * mean).clamp_min(0)
         std = var.sqrt()
         std[std < self.eps] = 1.0  # constant features stay 0 after centring instead of blowing up
-        self.mean_, self.std_, self.n_patches_ = mean.float(), std.float(), n
-        self.fitted_slides_ = tuple(b.slide_id for b in bags)
+        self.mean_, self.std_ = mean.float(), std.float()
         return self
 
     def transform(self, bags: Sequence[Any]) -> list[Any]:
@@ -59,11 +55,7 @@ class FeatureScaler:
         out = []
         for b in bags:
             f = b.features
-            z = ((f.float() - self.mean_.to(f.device)) / self.std_.to(f.device)).to(f.dtype)
-            view = dataclasses.replace(b, features=z)
-            if getattr(b, "coords", None) is not None:
-                view.edge_index = b.edge_index  # built once on the stored bag, shared
-            out.append(view)
+            out.append(b.with_features(((f.float() - self.mean_.to(f.device)) / self.std_.to(f.device)).to(f.dtype)))
         return out
 
 
