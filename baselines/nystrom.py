@@ -1,0 +1,105 @@
+"""Nystrom self-attention as TransMIL uses it, the same function as ``nystrom_attention.NystromAttention``
+0.0.14 (lucidrains/nystrom-attention ``nystrom_attention.py``; Xiong et al., AAAI 2021, Eq. 15) with
+fewer operations. Same submodules and state_dict keys (``to_qkv``, ``to_out.0``, ``res_conv``), so
+official TransMIL checkpoints load unchanged.
+
+The package, for a sequence of n rows padded in front with zeros to a multiple of m landmarks:
+
+    q, k, v = split(to_qkv(pad(x)));  q *= d^-1/2                    # (b, h, n_pad, d)
+    q~, k~ = means of l = n_pad / m consecutive rows                  # landmarks, (b, h, m, d)
+    A1 = softmax(q k~^T), A2 = softmax(q~ k~^T), A3 = softmax(q~ k^T)
+    Z  = Moore-Penrose iteration of A2 (6 steps, scaled by the GLOBAL max row/column sums)
+    out = (A1 @ Z) @ (A3 @ v) + res_conv(v);  out = to_out(out)[:, -n:]
+
+What is computed differently here (values equal up to float rounding; tests compare with the package):
+
+* ``A1 @ (Z @ (A3 @ v))`` instead of ``(A1 @ Z) @ (A3 @ v)``: the (n_pad, m) x (m, m) product is
+  never formed (at n = 10k, m = 256 that is 5.4 of ~26 GFLOP per layer, forward only).
+* Only the n real rows go through ``to_qkv``, ``A1``, the output product and ``to_out``: the padded
+  rows of q, k, v are exact zeros (``to_qkv`` has no bias) and the padded output rows are cut off;
+  k and v are padded with zeros where the landmark means and ``A3`` need them, and the depthwise
+  ``res_conv`` already pads with zeros.
+* ``res_conv`` (one (33, 1) kernel per head, sliding along the sequence) runs as a depthwise conv
+  over the h * d channels of the (b, n, h * d) layout the values already have, each head's kernel
+  repeated over its d channels: same weights and sums, ~1.5x faster in oneDNN than the (b, h, n, d)
+  grouped conv and no transposed copy of v (measured at n = 10k, 512 wide, forward + backward).
+* Each iteration of the pseudo-inverse is one ``bmm`` and three ``baddbmm`` (``13I - (...)`` etc.
+  folded into beta/alpha) instead of four matmuls plus six scaled identities and subtractions.
+* The output dropout is :class:`baselines.layers.FastDropout` (mask drawn with ``rand``, the same
+  distribution as ``nn.Dropout``'s ``bernoulli_``, several times faster on CPU); only the random
+  stream differs from the package, eval mode is exact.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.layers import FastDropout
+
+
+def moore_penrose_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
+    """Iterative pseudo-inverse of a batch of square matrices (..., m, m), as the package's
+    ``moore_penrose_iter_pinv``: z0 = x^T / (max_col_sum * max_row_sum) over the WHOLE batch, then
+    z <- 0.25 z (13I - xz (15I - xz (7I - xz)))."""
+    shape = x.shape
+    x3 = x.reshape(-1, shape[-2], shape[-1])
+    a = x3.abs()
+    z = x3.transpose(-1, -2) / (a.sum(dim=-1).max() * a.sum(dim=-2).max())
+    for _ in range(iters):
+        xz = torch.bmm(x3, z)
+        t = torch.baddbmm(xz, xz, xz, beta=7.0, alpha=-1.0)  # xz (7I - xz)
+        t = torch.baddbmm(xz, xz, t, beta=15.0, alpha=-1.0)  # xz (15I - t)
+        z = torch.baddbmm(z, z, t, beta=3.25, alpha=-0.25)  # 0.25 z (13I - t)
+    return z.reshape(shape)
+
+
+class NystromAttention(nn.Module):
+    """Drop-in for ``nystrom_attention.NystromAttention`` (no mask argument: TransMIL passes none)."""
+
+    def __init__(self, dim: int, dim_head: int = 64, heads: int = 8, num_landmarks: int = 256,
+                 pinv_iterations: int = 6, residual: bool = True, residual_conv_kernel: int = 33,
+                 eps: float = 1e-8, dropout: float = 0.0):
+        super().__init__()
+        inner = heads * dim_head
+        self.eps, self.num_landmarks, self.pinv_iterations = eps, num_landmarks, pinv_iterations
+        self.heads, self.scale, self.p = heads, dim_head ** -0.5, dropout
+        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim), FastDropout(dropout))
+        self.residual = residual
+        if residual:
+            self.res_conv = nn.Conv2d(heads, heads, (residual_conv_kernel, 1),
+                                      padding=(residual_conv_kernel // 2, 0), groups=heads, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h, m = self.heads, self.num_landmarks
+        pad = (m - n % m) % m
+        l = math.ceil(n / m)  # rows per landmark (the padded length is m * l)
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)  # real rows only, (b, n, h * d) each
+        v_flat = v
+        q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))  # (b, h, n, d)
+        q = q * self.scale
+        k_pad = F.pad(k, (0, 0, pad, 0)) if pad else k  # zeros in front, as the package pads x
+        q_l = (F.pad(q, (0, 0, pad, 0)) if pad else q).reshape(b, h, m, l, -1).sum(dim=3) / l
+        k_l = k_pad.reshape(b, h, m, l, -1).sum(dim=3) / l
+        attn1 = torch.matmul(q, k_l.transpose(-1, -2)).softmax(dim=-1)  # (b, h, n, m)
+        attn2 = torch.matmul(q_l, k_l.transpose(-1, -2)).softmax(dim=-1)  # (b, h, m, m)
+        attn3 = torch.matmul(q_l, k_pad.transpose(-1, -2)).softmax(dim=-1)  # (b, h, m, n_pad)
+        av = torch.matmul(attn3[..., pad:], v)  # padded v rows are zero: (b, h, m, d)
+        out = torch.matmul(attn1, torch.matmul(moore_penrose_pinv(attn2, self.pinv_iterations), av))
+        out = out.transpose(1, 2).reshape(b, n, -1)  # (b, n, h * d)
+        if self.residual:
+            out = out + self._value_conv(v_flat)
+        return self.to_out(out)
+
+    def _value_conv(self, v: torch.Tensor) -> torch.Tensor:
+        """``res_conv`` on (b, h, n, d) values, computed on their (b, n, h * d) layout: a depthwise
+        conv over h * d channels with head h's kernel on its d channels. Returns (b, n, h * d)."""
+        b, n, hd = v.shape
+        w = self.res_conv.weight  # (h, 1, K, 1)
+        w = w.repeat_interleave(hd // w.shape[0], dim=0)  # (h * d, 1, K, 1)
+        out = F.conv2d(v.transpose(1, 2).unsqueeze(-1), w, padding=self.res_conv.padding, groups=hd)
+        return out.squeeze(-1).transpose(1, 2)
