@@ -148,6 +148,7 @@ class TDC(MILModel):
         self.student_softmax_dim0 = bool(student_softmax_dim0)
         self.teacher_epochs = int(teacher_epochs)
         self._window = KDWindow(window)
+        self._teacher_cache: dict[str, dict] = {}  # slide_id -> frozen-teacher outputs (student stage)
         self._index: dict[str, int] = {}
         self._gen: torch.Generator | None = None
 
@@ -158,6 +159,7 @@ class TDC(MILModel):
     def set_stage(self, name: str) -> None:
         super().set_stage(name)
         self._window.clear()
+        self._teacher_cache.clear()
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "TDC":
@@ -199,9 +201,21 @@ class TDC(MILModel):
         logits, f_s, a = self.student(x)
         extras = {"bag_feature": f_s}
         if bag.omics is not None:
-            with torch.no_grad():
-                extras["teachers"] = self._teacher_outputs(bag)
+            extras["teachers"] = self._frozen_teacher_outputs(bag)
         return Output(logits, attention=a, extras=extras)
+
+    def _frozen_teacher_outputs(self, bag: Any) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The teachers' outputs for a training slide, computed once per student stage: the
+        teachers are frozen and in eval mode, so every epoch would recompute the same values
+        (the cache is emptied by ``on_fit_start`` and ``set_stage``)."""
+        sid = getattr(bag, "slide_id", None)
+        hit = self._teacher_cache.get(str(sid)) if sid is not None else None
+        if hit is None:
+            with torch.no_grad():
+                hit = self._teacher_outputs(bag)
+            if sid is not None:
+                self._teacher_cache[str(sid)] = hit
+        return hit
 
     # ---- loss -----------------------------------------------------------------------------
     def loss(self, output: Output, bag: Any) -> dict[str, torch.Tensor]:
@@ -286,6 +300,7 @@ class TDC(MILModel):
     # ---- hooks ----------------------------------------------------------------------------
     def on_fit_start(self, train_bags) -> None:
         self._window.clear()
+        self._teacher_cache.clear()
         if self.stage != "student":
             return
         bags = list(train_bags)

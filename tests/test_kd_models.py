@@ -239,6 +239,27 @@ def test_tdc_stages_freeze_teachers_and_update_memory_after_the_step():
     assert "memory_v1" not in " ".join(m.state_dict())  # training state only
 
 
+def test_tdc_computes_frozen_teacher_outputs_once_per_slide_and_stage():
+    train = bags(4)
+    m = model("tdc")
+    enter(m, "student", train)
+    calls = []
+    forward = m.teacher_wsi.forward
+    m.teacher_wsi.forward = lambda x: calls.append(1) or forward(x)
+    first = [m(b).extras["teachers"] for b in train]
+    again = [m(b).extras["teachers"] for b in train]  # a second epoch: no teacher forward
+    assert len(calls) == 4
+    fresh = [m._teacher_outputs(b) for b in train]  # recomputed by hand (4 more calls): the same values
+    for a, b, c in zip(first, again, fresh):
+        for t in c:
+            assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(a[t], b[t], c[t]))
+    with torch.no_grad():  # teachers changed by hand: a new stage (on_fit_start) recomputes them
+        m.teacher_wsi.classifier[1].bias.add_(1.0)
+    enter(m, "student", train)
+    changed = m(train[0]).extras["teachers"]["wsi"][0]
+    assert len(calls) == 4 + 4 + 1 and not torch.equal(changed, first[0]["wsi"][0])
+
+
 def test_tdc_rejects_a_slide_not_given_to_on_fit_start():
     train = bags(3)
     m = model("tdc")
