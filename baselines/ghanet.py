@@ -197,10 +197,7 @@ class GHANet(MILModel):
             nn.Sequential(nn.Linear(d, d), nn.LayerNorm(d), nn.ELU(), FastDropout(dropout), nn.Linear(d, len(g)))
             for g in self.groups])
         self.register_buffer("gene_mask", torch.ones(self.omics_dim, dtype=torch.bool))  # fitted per fold
-        group_of = torch.empty(self.omics_dim, dtype=torch.long)
-        for j, g in enumerate(self.groups):
-            group_of[torch.as_tensor(g)] = j
-        self.register_buffer("gene_group", group_of, persistent=False)  # (G,) group index of each gene
+        self._selection: tuple | None = None  # cached per-group indices of the selected genes
         # --- hyper-attention branch ---
         self.gate = GatedAttention(d, gate_dim, 0.0)
         self.wsi_net = nn.Sequential(nn.Linear(in_dim, d), nn.LayerNorm(d), nn.ReLU(), FastDropout(dropout))
@@ -250,14 +247,27 @@ class GHANet(MILModel):
             raise ValueError(f"ghanet: slide {getattr(bag, 'slide_id', '?')}: omics has {om.numel()} genes, "
                              f"the model was built for {self.omics_dim}")
         sce = mse = ce.new_zeros(())
-        for j in range(len(self.groups)):
-            in_group = self.gene_group == j  # contiguous genes, in head-output order
-            sel = self.gene_mask[in_group]
-            pred = output.extras["reconstruction"][j][sel]
-            target = om[in_group][sel]
+        for j, (rows, genes) in enumerate(self._selected_genes(om.device)):
+            pred = output.extras["reconstruction"][j].index_select(0, rows)
+            target = om.index_select(0, genes)
             sce = sce + cosine_cubed(pred, target, self.sce_alpha)
             mse = mse + F.mse_loss(pred, target)
         return {"total": ce + self.recon_weight * (sce + mse), "ce": ce, "recon_sce": sce, "recon_mse": mse}
+
+    def _selected_genes(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per gene group j: (rows of head j's output, indices into the omics vector) of the genes
+        selected by ``gene_mask``, in gene order. Rebuilt only when the mask changes (fitted in
+        ``on_fit_start``, loaded with a state_dict), not at every step."""
+        key = (self.gene_mask._version, self.gene_mask.data_ptr(), str(device))
+        if self._selection is None or self._selection[0] != key:
+            mask = self.gene_mask.cpu()
+            sel = []
+            for g in self.groups:
+                g = torch.as_tensor(g, dtype=torch.long)
+                keep = mask[g]
+                sel.append((keep.nonzero().squeeze(1).to(device), g[keep].to(device)))
+            self._selection = (key, sel)
+        return self._selection[1]
 
     # ---- hooks ----------------------------------------------------------------------------
     def on_fit_start(self, train_bags) -> None:

@@ -137,3 +137,33 @@ def test_fitted_selection_travels_with_the_state_dict():
     b = SimpleNamespace(**{**vars(train[0]), "omics": None})
     with torch.no_grad():
         assert torch.equal(fresh(b).logits, m(b).logits)
+
+
+def test_reconstruction_loss_reads_the_selected_genes_and_follows_a_new_mask():
+    from baselines.kd_losses import cosine_cubed
+
+    train, _ = _cohort()
+    torch.manual_seed(0)
+    m = ghanet.build(D_IN, G, 2, **TINY).eval()
+    m.on_fit_start(train)
+    b = train[1]
+
+    def by_hand(out):  # the official selection: g_j[mask_j] against head j's rows at mask_j
+        sce = mse = 0.0
+        for j, g in enumerate(gene_groups(G, 3)):
+            keep = m.gene_mask[torch.as_tensor(g)]
+            pred, target = out.extras["reconstruction"][j][keep], b.omics.reshape(-1)[torch.as_tensor(g)][keep]
+            sce, mse = sce + cosine_cubed(pred, target, 3.0), mse + torch.nn.functional.mse_loss(pred, target)
+        return sce, mse
+
+    with torch.no_grad():
+        out = m(b)
+        terms = m.loss(out, b)
+        sce, mse = by_hand(out)
+        assert torch.allclose(terms["recon_sce"], sce) and torch.allclose(terms["recon_mse"], mse)
+        new_mask = ~m.gene_mask  # a different selection loaded into the same model
+        new_mask[torch.as_tensor([g[0] for g in gene_groups(G, 3)])] = True
+        m.load_state_dict({**m.state_dict(), "gene_mask": new_mask})
+        moved = m.loss(out, b)
+        sce2, mse2 = by_hand(out)
+        assert torch.allclose(moved["recon_mse"], mse2) and not torch.allclose(moved["recon_mse"], mse)
