@@ -64,8 +64,9 @@ class NystromAttention(nn.Module):
                  eps: float = 1e-8, dropout: float = 0.0):
         super().__init__()
         inner = heads * dim_head
-        self.eps, self.num_landmarks, self.pinv_iterations = eps, num_landmarks, pinv_iterations
-        self.heads, self.scale, self.p = heads, dim_head ** -0.5, dropout
+        self.eps = eps  # the package uses it only with a mask, which TransMIL never passes
+        self.num_landmarks, self.pinv_iterations = num_landmarks, pinv_iterations
+        self.heads, self.scale = heads, dim_head ** -0.5
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), FastDropout(dropout))
         self.residual = residual

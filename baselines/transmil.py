@@ -19,9 +19,10 @@ Which ``nystrom-attention``: the function of the ``nystrom_attention`` package *
 current release), computed by :mod:`baselines.nystrom` with fewer operations (same weights and
 keys; tests/test_nystrom.py compares values and gradients with the package, a test dependency).
 TransMIL's ``requirements.txt`` pins **0.0.9**, whose output slice ``out[:, :n]`` after the left
-zero-padding returns the wrong rows (lucidrains/nystrom-attention issue 5, fixed in 0.0.10 by ``out[:, -n:]``, commit d7eb229); with the same weights the 0.0.9
-logits differ from the fixed ones by about 0.05-0.1 (measured for N in {100, 254, 1000, 6000},
-shared/research/mil_baselines.md 3.2). 0.0.14 has the fix, so results here follow the fixed code,
+zero-padding returns the wrong rows (lucidrains/nystrom-attention issue 5, fixed in 0.0.10 by
+``out[:, -n:]``, commit d7eb229); with the same weights the 0.0.9 logits differ from the fixed
+ones by about 0.05-0.1 (measured for N in {100, 254, 1000, 6000}, shared/research/mil_baselines.md
+3.2). 0.0.14 has the fix, so results here follow the fixed code,
 which is also what ``pip install nystrom-attention`` gives today; the golden fixture was made
 with it. PPEG's three convolutions run as one (:class:`PPEG`), equal up to float rounding.
 
@@ -30,7 +31,8 @@ the bag is read in its stored order, as the official ``data_shuffle: False``. Gi
 forward is deterministic; the only training randomness is the attention-output dropout, which
 draws from torch's global RNG (seeded by the engine; a ``rand``-drawn mask, the distribution of
 ``nn.Dropout``). Departures from the official code, none of which changes a value: any input
-dim (read from the weights in ``from_official``), no hard-coded ``.cuda()``, and the features are cast to the weights' dtype instead of ``.float()``.
+dim (read from the weights in ``from_official``), no hard-coded ``.cuda()``, and the features are
+cast to the weights' dtype instead of ``.float()``.
 """
 from __future__ import annotations
 
