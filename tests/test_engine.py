@@ -181,3 +181,39 @@ def test_cpu_bf16_autocast_trains_every_method(method):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = gatv2_chunked(conv, bag.features, cached_blocks(bag.edge_index, 40, 64))
         assert out.dtype == torch.float32
+
+
+@pytest.fixture
+def deterministic_state():
+    was_on, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = torch.utils.deterministic.fill_uninitialized_memory
+    yield
+    torch.use_deterministic_algorithms(was_on, warn_only=was_warn)
+    torch.utils.deterministic.fill_uninitialized_memory = was_fill
+
+
+def test_seed_everything_keeps_determinism_without_the_nan_fill(deterministic_state):
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+
+
+@pytest.mark.parametrize("method", ["abmil", "dsmil", "transmil", "dtfdmil", "wikg", "tdc", "mkd", "ghanet", "momkd"])
+def test_training_steps_never_read_uninitialised_memory(method, deterministic_state):
+    """seed_everything turns off torch's NaN fill of new tensors; that is only safe if no method
+    reads memory it did not write. With the fill on, every fresh float buffer starts as NaN, so
+    such a read would change (or NaN) the weights after two steps; they must equal the run without."""
+    from benchmarks.perf import make_case
+
+    weights = {}
+    for fill in (True, False):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        model, _, step, _ = make_case(method, 40, 32, 16, seed=0)
+        torch.manual_seed(1)
+        step()
+        step()
+        weights[fill] = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.isfinite(p).all() for p in weights[True])
+    assert all(torch.equal(a, b) for a, b in zip(weights[True], weights[False]))
