@@ -36,8 +36,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     debugging aid for reads of uninitialised memory): it changes no result of code that never
     reads such memory (tests/test_engine.py checks every method's step with and without it) and
     it is one extra write per allocation: 7.8% of a profiled MoMKD job's CPU time on the ``small``
-    cohort (138k fills), 1-5% of its wall time in alternating A/B runs, and a full write of every
-    large buffer at 10k+ patches."""
+    cohort (138k fills) and 1-5% of its wall time in alternating A/B runs (the default command's
+    total moved by less than this VM's noise: most of a fill's cost is the first touch of fresh
+    memory, which the kernels that write it then pay instead)."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
