@@ -101,7 +101,11 @@ class PPEG(nn.Module):
     def forward(self, x: torch.Tensor, side: int) -> torch.Tensor:
         b, _, d = x.shape
         cls_token, tokens = x[:, :1], x[:, 1:]
-        grid = tokens.transpose(1, 2).reshape(b, d, side, side)  # row-major k x k layout
+        # row-major k x k layout, as the official transpose(1, 2).view(B, C, H, W), but built by a
+        # permute so the view keeps a batch stride >= H*W*C and torch recognises it as channels-last:
+        # oneDNN then runs the depthwise conv in that layout (backward 1.4-2x faster on CPU, no copy
+        # in or out) instead of copying to NCHW. Same values up to float rounding (tested).
+        grid = tokens.reshape(b, side, side, d).permute(0, 3, 1, 2)
         weight, bias = self.fused_kernel()
         grid = F.conv2d(grid, weight, bias, padding=3, groups=d)
         return torch.cat((cls_token, grid.flatten(2).transpose(1, 2)), dim=1)
