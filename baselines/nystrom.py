@@ -23,6 +23,9 @@ What is computed differently here (values equal up to float rounding; tests comp
   over the h * d channels of the (b, n, h * d) layout the values already have, each head's kernel
   repeated over its d channels: same weights and sums, ~1.5x faster in oneDNN than the (b, h, n, d)
   grouped conv and no transposed copy of v (measured at n = 10k, 512 wide, forward + backward).
+  Its weight gradient is computed by :class:`SequenceDepthwiseConv`, not by oneDNN, whose float32
+  result is wrong at some lengths (class docstring): on CPU the package, and so the official
+  TransMIL, trains ``res_conv`` with that wrong gradient; on CUDA both agree with ours.
 * Each iteration of the pseudo-inverse is one ``bmm`` and three ``baddbmm`` (``13I - (...)`` etc.
   folded into beta/alpha) instead of four matmuls plus six scaled identities and subtractions.
 * The output dropout is :class:`baselines.layers.FastDropout` (mask drawn with ``rand``, the same
@@ -99,8 +102,62 @@ class NystromAttention(nn.Module):
     def _value_conv(self, v: torch.Tensor) -> torch.Tensor:
         """``res_conv`` on (b, h, n, d) values, computed on their (b, n, h * d) layout: a depthwise
         conv over h * d channels with head h's kernel on its d channels. Returns (b, n, h * d)."""
+        return SequenceDepthwiseConv.apply(v, self.res_conv.weight)
+
+
+class SequenceDepthwiseConv(torch.autograd.Function):
+    """y[b, t, c] = sum_k w[c // d, k] x[b, t + k - K // 2, c] (zeros outside): ``res_conv`` on the
+    (b, n, h * d) layout, head h's (K, 1) kernel shared by its d channels.
+
+    Why a Function: oneDNN (torch's CPU convolution, torch 2.13) returns a WRONG weight gradient
+    for depthwise convolutions with a kernel of 33 or more rows at some lengths (K = 33: every
+    n = 1 mod 15 from 46 on, e.g. n = 226, 256, 901, 2026; K = 65: every n >= 65), off by 2-20% of
+    its largest entry in float32 whatever the memory layout, the package's included; the values
+    and the input gradient are right. TransMIL's sequences have n = k^2 + 1 rows (the package pads
+    to a multiple of 256), so every bag whose square side is a multiple of 15 was hit here.
+    Forward and input gradient stay on the conv (a correlation with the flipped kernel); the weight
+    gradient is computed here as banded products: blocks of B rows of g against windows of
+    B + K - 1 rows of x (one ``bmm``), whose K diagonals are the lags. Checked against float64.
+    """
+
+    BLOCK = 64
+
+    @staticmethod
+    def forward(ctx, v, weight):  # noqa: D401
         b, n, hd = v.shape
-        w = self.res_conv.weight  # (h, 1, K, 1)
-        w = w.repeat_interleave(hd // w.shape[0], dim=0)  # (h * d, 1, K, 1)
-        out = F.conv2d(v.transpose(1, 2).unsqueeze(-1), w, padding=self.res_conv.padding, groups=hd)
+        h, kk = weight.shape[0], weight.shape[2]
+        w = weight.to(v.dtype).repeat_interleave(hd // h, dim=0)  # (h * d, 1, K, 1)
+        out = F.conv2d(v.transpose(1, 2).unsqueeze(-1), w, padding=(kk // 2, 0), groups=hd)
+        ctx.save_for_backward(v, weight)
         return out.squeeze(-1).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, g):
+        v, weight = ctx.saved_tensors
+        b, n, hd = v.shape
+        h, kk = weight.shape[0], weight.shape[2]
+        g = g.to(v.dtype)
+        g_v = g_w = None
+        if ctx.needs_input_grad[0]:
+            w = weight.to(v.dtype).flip(2).repeat_interleave(hd // h, dim=0)
+            g_v = F.conv2d(g.transpose(1, 2).unsqueeze(-1), w, padding=(kk // 2, 0), groups=hd)
+            g_v = g_v.squeeze(-1).transpose(1, 2)
+        if ctx.needs_input_grad[1]:
+            g_w = SequenceDepthwiseConv.weight_grad(v, g, h, kk).to(weight.dtype)
+        return g_v, g_w
+
+    @staticmethod
+    def weight_grad(v: torch.Tensor, g: torch.Tensor, heads: int, kk: int) -> torch.Tensor:
+        """dL/dw[h, k] = sum over b, t and head h's channels of g[b, t, c] x[b, t + k - K // 2, c]."""
+        b, n, hd = v.shape
+        d, blk = hd // heads, SequenceDepthwiseConv.BLOCK
+        nb = -(-n // blk)
+        win = blk + kk - 1
+        g_p = F.pad(g, (0, 0, 0, nb * blk - n))  # (b, nb * B, hd)
+        x_p = F.pad(v, (0, 0, kk // 2, nb * blk - n + kk - 1 - kk // 2))  # (b, nb * B + K - 1, hd)
+        gb = g_p.view(b, nb, blk, heads, d).permute(0, 1, 3, 2, 4).reshape(-1, blk, d)  # (b nb h, B, d)
+        xw = x_p.unfold(1, win, blk)  # (b, nb, hd, B + K - 1) windows, a view
+        xw = xw.reshape(b, nb, heads, d, win).reshape(-1, d, win)  # (b nb h, d, B + K - 1)
+        prod = torch.bmm(gb, xw)  # (b nb h, B, B + K - 1): row i against window column j
+        lags = prod.as_strided((prod.shape[0], blk, kk), (blk * win, win + 1, 1))  # j = i + k
+        return lags.sum(1).view(b * nb, heads, kk).sum(0).view(heads, 1, kk, 1)

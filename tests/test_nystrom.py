@@ -80,3 +80,31 @@ def test_fused_ppeg_equals_the_official_sum_of_three_convolutions(side):
     gb = torch.autograd.grad((b * w).sum(), [x, *m.parameters()])
     for u, v in zip(ga, gb):
         assert torch.allclose(u, v, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [226, 901])  # TransMIL lengths k^2 + 1 with k = 15, 30
+def test_residual_conv_weight_gradient_is_right_in_float32(n):
+    """oneDNN's float32 depthwise-conv weight gradient is wrong for 33-row kernels at n = 1 mod 15
+    (2-10% of its largest entry at these n); ours must match the float64 gradient."""
+    torch.manual_seed(0)
+    ours = NystromAttention(128, 16, 8, 64, 6, True, 33)
+    ours64 = NystromAttention(128, 16, 8, 64, 6, True, 33).double()
+    ours64.load_state_dict(ours.state_dict())
+    x = torch.randn(1, n, 128)
+    w = torch.randn(1, n, 128)
+    grads = []
+    for m, dt in ((ours, torch.float32), (ours64, torch.float64)):
+        (m(x.to(dt)) * w.to(dt)).sum().backward()
+        grads.append(m.res_conv.weight.grad.double())
+    err = (grads[0] - grads[1]).abs().max() / grads[1].abs().max()
+    assert err < 1e-4
+
+
+def test_sequence_depthwise_conv_gradients_pass_gradcheck():
+    from baselines.nystrom import SequenceDepthwiseConv
+
+    torch.manual_seed(0)
+    for n in (1, 7, 40, 130):  # shorter than the kernel, one block, several blocks
+        v = torch.randn(2, n, 8, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(2, 1, 33, 1, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(SequenceDepthwiseConv.apply, (v, w))
