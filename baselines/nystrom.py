@@ -123,27 +123,26 @@ class SequenceDepthwiseConv(torch.autograd.Function):
     BLOCK = 64
 
     @staticmethod
-    def forward(ctx, v, weight):  # noqa: D401
-        b, n, hd = v.shape
-        h, kk = weight.shape[0], weight.shape[2]
-        w = weight.to(v.dtype).repeat_interleave(hd // h, dim=0)  # (h * d, 1, K, 1)
-        out = F.conv2d(v.transpose(1, 2).unsqueeze(-1), w, padding=(kk // 2, 0), groups=hd)
-        ctx.save_for_backward(v, weight)
+    def conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The oneDNN depthwise conv on the (b, n, h * d) layout (right values and input gradient)."""
+        hd, h, kk = x.shape[-1], weight.shape[0], weight.shape[2]
+        w = weight.to(x.dtype).repeat_interleave(hd // h, dim=0)  # (h * d, 1, K, 1)
+        out = F.conv2d(x.transpose(1, 2).unsqueeze(-1), w, padding=(kk // 2, 0), groups=hd)
         return out.squeeze(-1).transpose(1, 2)
+
+    @staticmethod
+    def forward(ctx, v, weight):  # noqa: D401
+        ctx.save_for_backward(v, weight)
+        return SequenceDepthwiseConv.conv(v, weight)
 
     @staticmethod
     def backward(ctx, g):
         v, weight = ctx.saved_tensors
-        b, n, hd = v.shape
-        h, kk = weight.shape[0], weight.shape[2]
         g = g.to(v.dtype)
-        g_v = g_w = None
-        if ctx.needs_input_grad[0]:
-            w = weight.to(v.dtype).flip(2).repeat_interleave(hd // h, dim=0)
-            g_v = F.conv2d(g.transpose(1, 2).unsqueeze(-1), w, padding=(kk // 2, 0), groups=hd)
-            g_v = g_v.squeeze(-1).transpose(1, 2)
+        g_v = SequenceDepthwiseConv.conv(g, weight.flip(2)) if ctx.needs_input_grad[0] else None
+        g_w = None
         if ctx.needs_input_grad[1]:
-            g_w = SequenceDepthwiseConv.weight_grad(v, g, h, kk).to(weight.dtype)
+            g_w = SequenceDepthwiseConv.weight_grad(v, g, weight.shape[0], weight.shape[2]).to(weight.dtype)
         return g_v, g_w
 
     @staticmethod

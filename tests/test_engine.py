@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from baselines.abmil import ABMIL
+from benchmarks import registry
 from benchmarks.data.bag import Bag
 from benchmarks.engine import evaluate, fit, run_job, seed_everything
 from benchmarks.metrics import binary_metrics, choose_threshold
@@ -161,7 +162,7 @@ def test_compiled_forward_matches_eager():
         assert abs(a["train_total"] - b["train_total"]) < 1e-4
 
 
-@pytest.mark.parametrize("method", ["abmil", "dsmil", "transmil", "dtfdmil", "wikg", "tdc", "mkd", "ghanet", "momkd"])
+@pytest.mark.parametrize("method", registry.names())
 def test_cpu_bf16_autocast_trains_every_method(method):
     """``cpu_bf16``: one engine step of every method under CPU bf16 autocast runs, stays finite and
     moves the weights; MoMKD's per-edge attention stays float32 (its output dtype says so)."""
@@ -199,7 +200,7 @@ def test_seed_everything_keeps_determinism_without_the_nan_fill(deterministic_st
     assert torch.utils.deterministic.fill_uninitialized_memory is False
 
 
-@pytest.mark.parametrize("method", ["abmil", "dsmil", "transmil", "dtfdmil", "wikg", "tdc", "mkd", "ghanet", "momkd"])
+@pytest.mark.parametrize("method", registry.names())
 def test_training_steps_never_read_uninitialised_memory(method, deterministic_state):
     """seed_everything turns off torch's NaN fill of new tensors; that is only safe if no method
     reads memory it did not write. With the fill on, every fresh float buffer starts as NaN, so
