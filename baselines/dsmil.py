@@ -46,6 +46,7 @@ from torch import nn
 
 from baselines.layers import FastDropout
 from momkd.contract import MILModel, Output, check_bag
+from momkd.recipe import Recipe
 
 Q_DIM = 128  # dsmil.py BClassifier: hard-coded query width
 
@@ -60,6 +61,8 @@ class DSMILConfig:
     max_loss_weight: float = 0.5  # train_tcga.py train()
     orthogonal_init: bool = True  # train_tcga.py init_model(): apply_sparse_init (orthogonal W, zero b)
     seed: int | None = None  # patch-dropout generator; None: one draw of torch's global RNG
+    single_logit: bool = False  # one output unit, target = the binary label (train_mil.py, Camelyon16 setting)
+    loss_scale_neg_over_pos: bool = False  # train_mil.py: every BCE term scaled by #neg/#pos of the training bags
 
 
 class FCLayer(nn.Module):
@@ -119,8 +122,12 @@ class DSMIL(MILModel):
 
     def __init__(self, in_dim: int, n_classes: int = 2, nonlinear: bool = True, passing_v: bool = False,
                  dropout_v: float = 0.0, dropout_patch: float = 0.0, bag_loss_weight: float = 0.5,
-                 max_loss_weight: float = 0.5, orthogonal_init: bool = True, seed: int | None = None):
+                 max_loss_weight: float = 0.5, orthogonal_init: bool = True, seed: int | None = None,
+                 single_logit: bool = False, loss_scale_neg_over_pos: bool = False):
         super().__init__()
+        n_classes = 1 if single_logit else n_classes
+        self.loss_scale_neg_over_pos = loss_scale_neg_over_pos
+        self.loss_scale = 1.0
         if not 0.0 <= dropout_patch < 1.0:
             raise ValueError(f"dsmil: dropout_patch must be in [0, 1), got {dropout_patch}")
         self.n_classes = n_classes
@@ -142,6 +149,12 @@ class DSMIL(MILModel):
 
     def on_fit_start(self, train_bags: Any) -> None:
         self.reset_generator()
+        if self.loss_scale_neg_over_pos:  # train_mil.py compute_pos_weight, passed as BCE's ``weight``
+            labels = [int(b.label) for b in train_bags]
+            pos = sum(labels)
+            if pos == 0:
+                raise ValueError("dsmil: loss_scale_neg_over_pos needs a positive training bag")
+            self.loss_scale = (len(labels) - pos) / pos
 
     def kept_patches(self, n_patches: int) -> torch.Tensor:
         """``train_tcga.py`` ``dropout_patches``: the first ``int(N (1 - p))`` of a random
@@ -201,7 +214,7 @@ class DSMIL(MILModel):
         target = self.targets(bag, output.logits)
         bag_loss = F.binary_cross_entropy_with_logits(output.logits, target)
         max_loss = F.binary_cross_entropy_with_logits(output.extras["max_instance_logits"], target)
-        total = self.bag_loss_weight * bag_loss + self.max_loss_weight * max_loss
+        total = self.loss_scale * (self.bag_loss_weight * bag_loss + self.max_loss_weight * max_loss)
         return {"total": total, "bag_bce": bag_loss, "max_bce": max_loss}
 
 
@@ -215,6 +228,55 @@ def _sparse_init(m: nn.Module) -> None:
 
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> DSMIL:
     return DSMIL(in_dim, n_classes, **hp)
+
+
+DSMIL_REPO = "binli123/dsmil-wsi@80465ed"
+
+# train_tcga.py, the WSI script (README.md:L60-64).
+RECIPE = Recipe(
+    name="official", optimizer="adam", betas=(0.5, 0.9), lr=1e-4, weight_decay=1e-3, epochs=50,
+    scheduler="cosine", eta_min=5e-6, grad_clip=None, monitor="val_auc_acc", patience=11, min_epochs=0,
+    balanced_sampling=False,
+    sources={
+        "optimizer": f"{DSMIL_REPO} train_tcga.py:L241 (Adam, betas (0.5, 0.9))",
+        "lr": f"{DSMIL_REPO} train_tcga.py:L203 (1e-4)",
+        "weight_decay": f"{DSMIL_REPO} train_tcga.py:L207 (1e-3)",
+        "epochs": f"{DSMIL_REPO} train_tcga.py:L204 (--num_epochs 50)",
+        "scheduler": f"{DSMIL_REPO} train_tcga.py:L242 (CosineAnnealingLR(T_max=num_epochs, eta_min=5e-6)), "
+                     "stepped per epoch L278",
+        "monitor": f"{DSMIL_REPO} train_tcga.py:L179-181 ((AUC + accuracy) / 2 on the held-out fold)",
+        "patience": f"{DSMIL_REPO} train_tcga.py:L205, L270-287 (breaks when counter > stop_epochs=10)",
+        "balanced_sampling": f"{DSMIL_REPO} train_tcga.py:L57 (bag order shuffled each epoch, no sampler)",
+        "loss": f"{DSMIL_REPO} train_tcga.py:L68-71 (0.5 BCE(bag) + 0.5 BCE(max instance)), L240",
+        "init": f"{DSMIL_REPO} train_tcga.py:L229-233, L239 (orthogonal weights, zero biases)",
+        "dropout_patch": f"{DSMIL_REPO} train_tcga.py:L211 (--dropout_patch 0)",
+    },
+    notes="train_tcga.py selects its checkpoint and threshold on the held-out fold it reports (5-fold-cv scheme, "
+          "L262-288); here both use the validation part. Its score sums the per-class AUCs; for two classes the "
+          "monitor is (AUC + accuracy) / 2 of the positive class. No seed is set officially.")
+
+# train_mil.py, the MUSK / Elephant / Fox / Tiger benchmark script (README.md:L50-56).
+CLASSIC_MIL_RECIPE = Recipe(
+    name="official", optimizer="adam", betas=(0.5, 0.9), lr=2e-4, weight_decay=5e-3, epochs=40,
+    scheduler="cosine", eta_min=0.0, grad_clip=None, monitor="none", patience=None, balanced_sampling=False,
+    hparams={"single_logit": True, "orthogonal_init": False, "loss_scale_neg_over_pos": True, "nonlinear": True},
+    sources={
+        "optimizer": f"{DSMIL_REPO} train_mil.py:L174 (Adam, betas (0.5, 0.9))",
+        "lr": f"{DSMIL_REPO} train_mil.py:L115 (2e-4)",
+        "weight_decay": f"{DSMIL_REPO} train_mil.py:L118 (5e-3)",
+        "epochs": f"{DSMIL_REPO} train_mil.py:L116 (40)",
+        "scheduler": f"{DSMIL_REPO} train_mil.py:L175 (CosineAnnealingLR(T_max=40, eta_min=0)), stepped L184",
+        "monitor": f"{DSMIL_REPO} train_mil.py:L99-104, L166-168 (no validation split, no early stopping)",
+        "single_logit": f"{DSMIL_REPO} train_mil.py:L169-171 (FCLayer(num_feats, 1), BClassifier(output_class=1))",
+        "orthogonal_init": f"{DSMIL_REPO} train_mil.py (no init call: torch defaults)",
+        "loss_scale_neg_over_pos": f"{DSMIL_REPO} train_mil.py:L106-110, L172-173 (BCEWithLogitsLoss(pos_weight) "
+                                   "passes #neg/#pos positionally, as the uniform weight)",
+        "loss": f"{DSMIL_REPO} train_mil.py:L52-54 (0.5 bag + 0.5 max-instance BCE)",
+        "nonlinear": f"{DSMIL_REPO} dsmil.py:L28-41 (BClassifier defaults: nonlinear q, v identity)",
+    },
+    notes="The script's reported number (max test accuracy over epochs, threshold on the test fold's ROC) is a "
+          "protocol choice, reproduced by `reproduce --protocol as-published` only. Instances are shuffled in "
+          "each step (L46): the model is permutation-invariant, so that is skipped.")
 
 
 def from_official(state_dict: dict, input_size: int | None = None, output_class: int | None = None,

@@ -73,6 +73,7 @@ from torch import nn
 
 from baselines.layers import FastDropout
 from momkd.contract import MILModel, Output, bag_label, check_bag
+from momkd.recipe import Recipe
 
 DISTILL_TYPES = ("AFS", "MaxS", "MaxMinS")
 
@@ -331,3 +332,28 @@ def from_official(state_dict: dict, in_chn: int | None = None, mDim: int = 512, 
         raise ValueError(f"dtfdmil: num_cls={num_cls} but classifier.fc.weight has {model.n_classes} rows")
     model.load_state_dict(flat, strict=True)
     return model
+
+
+DTFD_REPO = "hrzhang1123/DTFD-MIL@10964f4"
+
+# Main_DTFD_MIL.py argparse defaults (the README has no command).
+RECIPE = Recipe(
+    name="official", optimizer="adam", lr=1e-4, weight_decay=1e-4, epochs=200, scheduler="multistep",
+    milestones=(100,), gamma=0.2, grad_clip=5.0, clip_per_group=True, monitor="val_auc", patience=None,
+    select_after=0.8, balanced_sampling=False,
+    sources={
+        "optimizer": f"{DTFD_REPO} Main_DTFD_MIL.py:L99-105 (two Adams, tier 1 and tier 2: one Adam over both is "
+                     "the same update, baselines/dtfdmil.py docstring)",
+        "lr": f"{DTFD_REPO} Main_DTFD_MIL.py:L29 (1e-4)",
+        "weight_decay": f"{DTFD_REPO} Main_DTFD_MIL.py:L30 (1e-4)",
+        "epochs": f"{DTFD_REPO} Main_DTFD_MIL.py:L21 (EPOCH 200)",
+        "scheduler": f"{DTFD_REPO} Main_DTFD_MIL.py:L22, L31, L107-108 (MultiStepLR([100], gamma 0.2)), stepped L147-148",
+        "grad_clip": f"{DTFD_REPO} Main_DTFD_MIL.py:L44, L354-356, L364 (norm 5 per module)",
+        "monitor": f"{DTFD_REPO} Main_DTFD_MIL.py:L131 (best tier-2 validation AUC)",
+        "select_after": f"{DTFD_REPO} Main_DTFD_MIL.py:L131 (only when ii > int(EPOCH * 0.8))",
+        "balanced_sampling": f"{DTFD_REPO} Main_DTFD_MIL.py:L290-291 (random.shuffle of the slides)",
+        "loss": f"{DTFD_REPO} Main_DTFD_MIL.py:L75, L351, L361 (mean CE over pseudo-bags; CE of tier 2)",
+        "seed": f"{DTFD_REPO} Main_DTFD_MIL.py:L52-55 (32)",
+    },
+    notes="The script also scores the test set every epoch and reports it at the best validation epoch; only the "
+          "validation part is read here.")

@@ -66,6 +66,7 @@ from baselines.kd_losses import cosine_cubed
 from baselines.layers import FastDropout, GatedAttention
 from baselines.omics_utils import gene_groups, select_genes_welch, training_omics
 from momkd.contract import MILModel, Output, bag_label, check_bag
+from momkd.recipe import Recipe
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,3 +284,26 @@ class GHANet(MILModel):
 
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> GHANet:
     return GHANet(in_dim, omics_dim, n_classes, **hp)
+
+
+GHANET_REPO = "ZacharyWang-007/G-HANet@54020e8"
+
+# main.py defaults (README.md:L16: `python main.py`).
+RECIPE = Recipe(
+    name="official", optimizer="adam", lr=2e-4, weight_decay=1e-5, epochs=20, scheduler="none",
+    grad_accumulation=32, accumulate_scaled=True, partial_accumulation="carry", grad_clip=None,
+    monitor="val_auc", patience=None, balanced_sampling=True,
+    sources={
+        "optimizer": f"{GHANET_REPO} main.py:L129 (--opt adam), utils/utils.py:L115-117",
+        "lr": f"{GHANET_REPO} main.py:L133 (2e-4)", "weight_decay": f"{GHANET_REPO} main.py:L137 (--reg 1e-5)",
+        "epochs": f"{GHANET_REPO} main.py:L132 (20)",
+        "scheduler": f"{GHANET_REPO} utils/core_utils.py:L252 (StepLR(30, 0.1) built, never stepped)",
+        "grad_accumulation": f"{GHANET_REPO} main.py:L131 (--gc 32), utils/coattn_train_utils.py:L88-93 "
+                             "(loss / gc; no flush at the epoch end)",
+        "monitor": f"{GHANET_REPO} utils/core_utils.py:L259-262 (best validation c-index checkpoint; no early stopping)",
+        "balanced_sampling": f"{GHANET_REPO} main.py:L141 (--weighted_sample True), utils/utils.py:L101-103",
+        "loss": f"{GHANET_REPO} utils/coattn_train_utils.py:L74 (task + 0.3 (sce + mse))",
+        "dropout": f"{GHANET_REPO} models/model_coattn.py:L41 (0.25; --drop_out is never passed)",
+        "seed": f"{GHANET_REPO} main.py:L106 (1)",
+    },
+    notes="A survival model adapted to classification: the best validation c-index becomes the best validation AUC.")

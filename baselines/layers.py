@@ -41,6 +41,21 @@ class GatedAttention(nn.Module):
         return self.attention_c(self.attention_a(h) * self.attention_b(h))
 
 
+class Attention(nn.Module):
+    """Attention scores a_i = w^T tanh(V h_i) (Ilse et al. 2018, Eq. 8), pre-softmax, (N, L) -> (N, n_out)."""
+
+    def __init__(self, dim: int = 512, hidden: int = 128, dropout: float = 0.0, n_out: int = 1):
+        super().__init__()
+        a = [nn.Linear(dim, hidden), nn.Tanh()]
+        if dropout:
+            a.append(FastDropout(dropout))
+        self.attention_a = nn.Sequential(*a)
+        self.attention_c = nn.Linear(hidden, n_out)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.attention_c(self.attention_a(h))
+
+
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax over real patches only (optional multi-slide batches, benchmarks/batching.py); padded
     positions get exactly zero weight."""

@@ -71,6 +71,7 @@ from baselines.kd_losses import KDWindow, coral, distill_kl, mkd_orthogonality, 
 from baselines.layers import FastDropout, GatedAttention
 from baselines.omics_utils import BilinearFusion, GeneTokenizer, init_max_weights, snn_block
 from momkd.contract import MILModel, Output, bag_label, check_bag
+from momkd.recipe import Recipe
 
 WINDOW_GRAD_MODES = ("recompute", "current")
 
@@ -278,3 +279,30 @@ class MKD(MILModel):
 
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> MKD:
     return MKD(in_dim, omics_dim, n_classes, **hp)
+
+
+MKD_REPO = "zqb77/MICCAI25@545555a"
+
+# train_kd.py with the README's flags (README.md:L19: --weighted_sample --early_stopping).
+RECIPE = Recipe(
+    name="official", optimizer="adamw", lr=2e-4, weight_decay=1e-5, epochs=100, scheduler="cosine", t_max=50,
+    eta_min=0.0, grad_accumulation=16, accumulate_scaled=False, partial_accumulation="discard", grad_clip=None,
+    monitor="val_auc", patience=5, min_epochs=7, balanced_sampling=True,
+    sources={
+        "optimizer": f"{MKD_REPO} train_kd.py:L65-66, utils/utils_train.py:L42-43 (AdamW over student and teachers)",
+        "lr": f"{MKD_REPO} train_kd.py:L73 (2e-4)", "weight_decay": f"{MKD_REPO} train_kd.py:L77 (--reg 1e-5)",
+        "epochs": f"{MKD_REPO} train_kd.py:L71 (100)",
+        "scheduler": f"{MKD_REPO} utils/core_utils_train.py:L250 (CosineAnnealingLR(T_max=50)), "
+                     "trainer/online_kd_trainer.py:L166 (per epoch)",
+        "grad_accumulation": f"{MKD_REPO} train_kd.py:L69-70 (--gc 16), trainer/online_kd_trainer.py:L91-139 "
+                             "(CE / gc per slide in the model, window terms once, one step per 16 slides)",
+        "partial_accumulation": f"{MKD_REPO} trainer/online_kd_trainer.py:L149-151 (leftover slides: zero_grad, no step)",
+        "monitor": f"{MKD_REPO} trainer/online_kd_trainer.py:L217-220, L232 (mean validation AUC of the student "
+                   "and both teachers)",
+        "patience": f"{MKD_REPO} utils/core_utils_train.py:L257-258 (patience 5, stop_epoch 5), L45 (epoch > stop_epoch)",
+        "balanced_sampling": f"{MKD_REPO} README.md:L19 (--weighted_sample), utils/utils_train.py:L105-107",
+        "loss": f"{MKD_REPO} trainer/online_kd_trainer.py:L76, L106-137 (3 CE + SP + KL + orthogonality + MMD)",
+        "seed": f"{MKD_REPO} train_kd.py:L31 (1)",
+    },
+    notes="The official monitor averages the student's and both teachers' validation AUCs; the teachers need "
+          "omics, which validation slides never carry here, so the student's validation AUC is monitored.")

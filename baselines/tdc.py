@@ -87,6 +87,7 @@ from baselines.kd_losses import KDWindow, TDCCriterion, discrepancy_weights, dis
 from baselines.mkd import WINDOW_GRAD_MODES, ABMILNet, PathOmicTeacher, SNNMILNet, check_omics
 from baselines.omics_utils import GeneTokenizer
 from momkd.contract import MILModel, Output, bag_label, check_bag
+from momkd.recipe import Recipe
 
 TEACHERS = ("multimodal", "wsi", "omics")
 
@@ -325,3 +326,27 @@ class TDC(MILModel):
 
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> TDC:
     return TDC(in_dim, omics_dim, n_classes, **hp)
+
+
+# The MKD code base ships TDCLoss but never wires it (no script instantiates it; zqb77/MICCAI25@545555a
+# utils/loss/CRD_criterion_v10.py:L180-238, trainer/batch_kd_trainer.py is imported by nothing): the
+# student stage follows batch_kd_trainer.py with train_kd.py's options, the teachers train_tea.py's.
+RECIPE = Recipe(
+    name="official", optimizer="adamw", lr=2e-4, weight_decay=1e-5, epochs=100, scheduler="cosine", t_max=50,
+    grad_accumulation=16, accumulate_scaled=False, partial_accumulation="discard", grad_clip=None,
+    monitor="val_auc", patience=5, min_epochs=7, balanced_sampling=True,
+    sources={
+        "optimizer": "zqb77/MICCAI25@545555a train_kd.py:L65-66, utils/utils_train.py:L42-43 (AdamW)",
+        "lr": "zqb77/MICCAI25@545555a train_kd.py:L73 (2e-4; the teachers' train_tea.py:L82 uses 1e-4)",
+        "weight_decay": "zqb77/MICCAI25@545555a train_kd.py:L77 (1e-5)",
+        "epochs": "zqb77/MICCAI25@545555a train_kd.py:L71 (100)",
+        "scheduler": "zqb77/MICCAI25@545555a utils/core_utils_train.py:L250 (CosineAnnealingLR(T_max=50))",
+        "grad_accumulation": "zqb77/MICCAI25@545555a trainer/batch_kd_trainer.py (CE / gc per slide, window terms "
+                             "every gc = 16 slides, then one step)",
+        "monitor": "zqb77/MICCAI25@545555a utils/core_utils_train.py:L257-258 (val AUC, patience 5, stop_epoch 5)",
+        "balanced_sampling": "zqb77/MICCAI25@545555a README.md:L19 (--weighted_sample)",
+        "loss": "zqb77/MICCAI25@545555a trainer/batch_kd_trainer.py:L179-185, L229 (3 x (TDCLoss + KL)); "
+                "utils/loss/CRD_criterion_v10.py:L280-314 (ContrastLoss_v2)",
+    },
+    notes="TDCLoss is not wired into any official script, so this recipe is the MKD trainer's (the nearest "
+          "official one). One optimiser for both stages (the teachers' official lr is 1e-4).")

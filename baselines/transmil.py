@@ -46,6 +46,7 @@ from torch import nn
 
 from baselines.nystrom import NystromAttention
 from momkd.contract import MILModel, Output, check_bag
+from momkd.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -172,3 +173,31 @@ def from_official(state_dict: dict, n_classes: int | None = None, **_unused: Any
                      residual_conv_kernel=kernel)
     model.load_state_dict(sd, strict=True)
     return model
+
+
+TRANSMIL_REPO = "szc19990412/TransMIL@9d6aee5"
+
+# Camelyon/TransMIL.yaml + train.py (README.md:L63) + MyOptimizer (timm's 2020 optimiser factory).
+RECIPE = Recipe(
+    name="official", optimizer="lookahead_radam", lr=2e-4, weight_decay=1e-5, decay_mask="matrices",
+    lookahead_alpha=0.5, lookahead_k=6, epochs=200, scheduler="none", grad_accumulation=2, grad_clip=None,
+    monitor="val_loss", patience=10, min_epochs=0, balanced_sampling=False,
+    sources={
+        "optimizer": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L38 (lookahead_radam), MyOptimizer/optim_factory.py:"
+                     "L77-78, L118-120, MyOptimizer/lookahead.py:L13 (alpha 0.5, k 6)",
+        "lr": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L39 (2e-4)",
+        "weight_decay": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L43 (1e-5)",
+        "decay_mask": f"{TRANSMIL_REPO} MyOptimizer/optim_factory.py:L25-37 (no decay on 1-D parameters and biases)",
+        "epochs": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L9 (200)",
+        "scheduler": f"{TRANSMIL_REPO} models/model_interface.py:L154-156 (optimizer only, no scheduler)",
+        "grad_accumulation": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L10 (grad_acc 2), train.py:L63",
+        "grad_clip": f"{TRANSMIL_REPO} train.py:L55-66 (no gradient_clip_val)",
+        "monitor": f"{TRANSMIL_REPO} utils/utils.py:L43-60 (EarlyStopping and ModelCheckpoint on val_loss, min)",
+        "patience": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L12 (patience 10)",
+        "balanced_sampling": f"{TRANSMIL_REPO} datasets/data_interface.py:L60 (shuffle=True, no sampler)",
+        "loss": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L46 (CrossEntropyLoss)",
+        "precision": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L4-6 (fp16, amp O2)",
+        "seed": f"{TRANSMIL_REPO} Camelyon/TransMIL.yaml:L3 (2021)",
+    },
+    notes="Trained in float32 (bf16 autocast on GPU) instead of fp16 AMP O2. Lightning divides each slide's loss by "
+          "the 2 accumulated steps and steps on a partial accumulation at the epoch end, as here.")

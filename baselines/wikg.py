@@ -46,6 +46,7 @@ from torch_geometric.nn import AttentionalAggregation, global_max_pool, global_m
 
 from baselines.layers import FastDropout
 from momkd.contract import MILModel, Output, check_bag
+from momkd.recipe import Recipe
 
 AGG_TYPES = ("bi-interaction", "gcn", "sage")
 POOLS = ("mean", "max", "attn")
@@ -170,3 +171,23 @@ def from_official(state_dict: dict, dim_in: int | None = None, dim_hidden: int =
                  dropout=dropout, pool=pool, topk_chunk_size=topk_chunk_size)
     model.load_state_dict(sd, strict=True)
     return model
+
+
+WIKG_REPO = "WonderLandxD/WiKG@eb3144f"
+
+# train.py (README.md:L39); the model settings are WiKGConfig's defaults (train.py:L163).
+RECIPE = Recipe(
+    name="official", optimizer="adam", lr=1e-4, weight_decay=1e-5, epochs=100, scheduler="none", grad_clip=None,
+    monitor="val_auc", patience=None, balanced_sampling=False,
+    sources={
+        "optimizer": f"{WIKG_REPO} train.py:L165 (Adam, lr 1e-4, weight_decay 1e-5)",
+        "lr": f"{WIKG_REPO} train.py:L165", "weight_decay": f"{WIKG_REPO} train.py:L165",
+        "epochs": f"{WIKG_REPO} train.py:L125 (100)",
+        "scheduler": f"{WIKG_REPO} train.py (none)", "grad_clip": f"{WIKG_REPO} train.py (none)",
+        "monitor": f"{WIKG_REPO} train.py:L200-224 (one checkpoint per validation metric; best_auc.pth is used here)",
+        "balanced_sampling": f"{WIKG_REPO} train.py:L160 (shuffle=True)",
+        "loss": f"{WIKG_REPO} train.py:L167 (CrossEntropyLoss)",
+        "dropout": f"{WIKG_REPO} train.py:L163 (dropout=0.3, pool='mean')",
+        "seed": f"{WIKG_REPO} train.py:L132 (2023)",
+    },
+    notes="No early stopping: every epoch is trained and the best validation-AUC epoch is kept.")

@@ -1,8 +1,10 @@
 """Train and evaluate one job with the generic one-slide-per-step loop (DESIGN.md "Protocol").
 
-AdamW, cosine schedule, class-balanced sampling option, gradient clipping, early stopping on
-validation AUC with patience, best checkpoint by validation AUC, threshold chosen on validation
-when asked. The test and external parts are only predicted, after every choice is made.
+The loop follows a :class:`~momkd.recipe.Recipe`: the shared one (AdamW, cosine schedule,
+class-balanced sampling, gradient clipping, early stopping on validation AUC with patience, best
+checkpoint by validation AUC) or a method's official one (its optimiser, schedule, gradient
+accumulation, clipping, monitor and selection rule). The threshold is chosen on validation when
+asked. The test and external parts are only predicted, after every choice is made.
 Seeded; deterministic on CPU; CUDA + bf16 autocast when available. Multi-stage methods (e.g.
 teachers first) run each stage in order on the same training split.
 """
@@ -18,14 +20,17 @@ import subprocess
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from benchmarks.batching import pad_bags, supports_batching
 from benchmarks.metrics import binary_metrics, choose_threshold
+from benchmarks.optim import build_optimizer, build_scheduler
 from benchmarks.protocol import ProtocolConfig
+from benchmarks.recipes import shared_recipe
+from momkd.recipe import Recipe
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -111,11 +116,14 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))) if len(y) else 0.0
 
 
-def _selection_score(y: np.ndarray, p: np.ndarray) -> float:
-    """Validation AUC; negative log-loss when the validation part has one class only."""
-    if len(np.unique(y)) == 2:
-        return float(binary_metrics(y, p)["auc"])
-    return -_log_loss(y, p)
+def _selection_score(y: np.ndarray, p: np.ndarray, monitor: str = "val_auc") -> float:
+    """The monitored validation score (higher is better): AUC (``val_auc``), minus the log-loss
+    (``val_loss``) or (AUC + accuracy at 0.5) / 2 (``val_auc_acc``, DSMIL ``train_tcga.py``). A
+    validation part with one class has no AUC: minus the log-loss then."""
+    if monitor == "val_loss" or len(np.unique(y)) < 2:
+        return -_log_loss(y, p)
+    m = binary_metrics(y, p)
+    return float(m["auc"]) if monitor != "val_auc_acc" else 0.5 * (float(m["auc"]) + float(m["acc"]))
 
 
 def _improves(score: float, loss: float, best_score: float, best_loss: float) -> bool:
@@ -141,13 +149,25 @@ def _compiled(model: torch.nn.Module) -> Callable:
     return torch.compile(model, dynamic=True)
 
 
-def make_optimizer(params, protocol: ProtocolConfig) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel where torch has one (CPU and CUDA since torch 2.4): the same
-    update as the per-tensor loop, ~1.5x faster steps for the multi-million-parameter KD models."""
-    try:
-        return torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(params, lr=protocol.lr, weight_decay=protocol.weight_decay)
+def make_optimizer(params, protocol_or_recipe: ProtocolConfig | Recipe, model: torch.nn.Module | None = None):
+    """The recipe's optimiser (``benchmarks/optim.py``) over ``params``; a protocol means its shared
+    recipe (AdamW, fused kernel where torch has one). ``model`` names the parameters for a decay
+    mask (TransMIL: no decay on biases and 1-D parameters)."""
+    r = protocol_or_recipe if isinstance(protocol_or_recipe, Recipe) else shared_recipe(protocol_or_recipe)
+    params = list(params)
+    names = {id(p): n for n, p in model.named_parameters()} if model is not None else {}
+    return build_optimizer([(names.get(id(p), f"p{i}"), p) for i, p in enumerate(params)], r)
+
+
+def _clip(params: Sequence[torch.Tensor], model: torch.nn.Module, recipe: Recipe) -> None:
+    """Global-norm clipping, or per group where the recipe asks (DTFD-MIL: each module to norm 5)."""
+    if not recipe.grad_clip:
+        return
+    if recipe.clip_per_group and hasattr(model, "grad_clip_groups"):
+        for group in model.grad_clip_groups().values():
+            torch.nn.utils.clip_grad_norm_(group, recipe.grad_clip)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
 
 
 def environment() -> dict[str, Any]:
@@ -182,30 +202,42 @@ def _static_environment() -> dict[str, Any]:
 
 def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[Any],
         protocol: ProtocolConfig, seed: int, device: torch.device | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Train every stage of ``model`` in place; keep the best validation checkpoint per stage.
+        on_epoch: Callable[[dict], None] | None = None, recipe: Recipe | None = None,
+        watch: Mapping[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+    """Train every stage of ``model`` in place with ``recipe`` (default: the protocol's shared
+    recipe); keep the best validation checkpoint per stage (the last epoch when the recipe
+    monitors nothing).
+
+    ``watch``: parts (e.g. ``{"test": bags}``) whose probabilities are recorded after every epoch
+    in the curve (``row["watch"]``). Only the literature protocols reproduced "as published"
+    use it (``benchmarks/reproduce.py``), to apply a paper's own test-fold selection afterwards; no
+    choice made here ever reads it.
 
     Returns the loss curve (one row per stage x epoch) and the best epoch of the last stage.
     """
     device = device or select_device(protocol)
+    recipe = recipe or shared_recipe(protocol)
     gen = torch.Generator().manual_seed(seed)
     curve: list[dict[str, Any]] = []
-    y_val = _labels(val_bags)
+    y_val = _labels(val_bags) if recipe.uses_validation else np.zeros(0)  # monitor "none": never read
+    if recipe.uses_validation and not len(y_val):
+        raise ValueError(f"recipe {recipe.name!r} monitors {recipe.monitor} but the validation part is empty")
     best_epoch = -1
+    accum = recipe.grad_accumulation
     for stage in getattr(model, "stages", ("main",)):
         if hasattr(model, "set_stage"):
             model.set_stage(stage)
         opts = model.stage_options(stage) if hasattr(model, "stage_options") else {}
-        max_epochs = int(opts.get("max_epochs", protocol.max_epochs))
-        early = bool(opts.get("early_stopping", True))
+        max_epochs = int(opts.get("max_epochs", recipe.epochs))
+        monitor = recipe.monitor
+        early = bool(opts.get("early_stopping", True)) and recipe.patience is not None and monitor != "none"
         if hasattr(model, "on_fit_start"):
             model.train()
             model.on_fit_start(list(train_bags))
         params = (model.trainable_parameters() if hasattr(model, "trainable_parameters")
                   else [p for p in model.parameters() if p.requires_grad])
-        opt = make_optimizer(params, protocol)
-        sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
-                 if protocol.scheduler == "cosine" else None)
+        opt = make_optimizer(params, recipe, model)
+        sched = build_scheduler(opt, recipe, max_epochs)
         best_score, best_loss, best_state, since_best = -math.inf, math.inf, None, 0
         forward = _compiled(model) if protocol.compile else model
         batch_size = protocol.batch_size if supports_batching(model) else 1
@@ -217,12 +249,15 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
             sums: dict[str, torch.Tensor] = {}
             nonfinite: list[tuple[str, torch.Tensor]] = []
             t0 = time.perf_counter()
-            order = _epoch_order(train_bags, protocol.balanced_sampling, gen)
-            for start in range(0, len(order), batch_size):
+            order = _epoch_order(train_bags, recipe.balanced_sampling, gen)
+            starts = range(0, len(order), batch_size)
+            if epoch == 0 or recipe.partial_accumulation != "carry":
+                opt.zero_grad(set_to_none=True)
+            for i, start in enumerate(starts):
                 if batch_size == 1:
                     bag = compute_view(train_bags[order[start]])
                 else:  # optional padded multi-slide step (batching.py)
-                    bag = pad_bags([compute_view(train_bags[i]) for i in order[start:start + batch_size]])
+                    bag = pad_bags([compute_view(train_bags[j]) for j in order[start:start + batch_size]])
                 with autocast_context(device, protocol):
                     out = forward(bag) if batch_size == 1 else model.forward_batch(bag.features, bag.mask)
                     terms = model.loss(out, bag)
@@ -233,13 +268,13 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
                                                  f"{bag.slide_id} ({ {k: float(v) for k, v in terms.items()} })")
                 else:  # no host sync inside the step loop on an accelerator
                     nonfinite.append((bag.slide_id, ~torch.isfinite(total.detach())))
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                if protocol.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, protocol.grad_clip)
-                opt.step()
-                if hasattr(model, "on_step_end"):
-                    model.on_step_end()
+                (total / accum if accum > 1 and recipe.accumulate_scaled else total).backward()
+                if (i + 1) % accum == 0 or (i + 1 == len(starts) and recipe.partial_accumulation == "step"):
+                    _clip(params, model, recipe)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    if hasattr(model, "on_step_end"):
+                        model.on_step_end()
                 for k, v in terms.items():  # summed on device; one host sync per epoch
                     v = v.detach().float()
                     sums[k] = sums[k] + v if k in sums else v
@@ -249,24 +284,32 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
                     bad = [sid for (sid, _), f in zip(nonfinite, flags) if bool(f)]
                     raise FloatingPointError(f"stage {stage} epoch {epoch}: non-finite loss on slide(s) "
                                              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
-            if sched is not None:
-                sched.step()
-            p_val = predict(model, val_bags, device, protocol)
-            score, val_loss = _selection_score(y_val, p_val), _log_loss(y_val, p_val)
             row = {"stage": stage, "epoch": epoch, "train_s": time.perf_counter() - t0,
-                   **{f"train_{k}": float(v) / max(1, math.ceil(len(order) / batch_size)) for k, v in sums.items()},
-                   "val_score": score, "val_loss": val_loss, "batch_size": batch_size}
-            if len(np.unique(y_val)) == 2:
-                row["val_auc"] = score
+                   "lr": float(opt.param_groups[-1]["lr"]),
+                   **{f"train_{k}": float(v) / max(1, len(starts)) for k, v in sums.items()},
+                   "batch_size": batch_size}
+            score = val_loss = None
+            if monitor != "none":
+                p_val = predict(model, val_bags, device, protocol)
+                score, val_loss = _selection_score(y_val, p_val, monitor), _log_loss(y_val, p_val)
+                row.update(val_score=score, val_loss=val_loss)
+                if len(np.unique(y_val)) == 2:
+                    row["val_auc"] = float(binary_metrics(y_val, p_val)["auc"])
+            if watch:
+                row["watch"] = {part: predict(model, bags, device, protocol).tolist() for part, bags in watch.items()}
+            sched.step(score)
             curve.append(row)
             if on_epoch:
                 on_epoch(row)
-            if _improves(score, val_loss, best_score, best_loss) or best_state is None or not early:
+            selectable = (not recipe.select_after or epoch > int(recipe.select_after * max_epochs)
+                          or epoch == max_epochs - 1)
+            keep_last = monitor == "none" or not opts.get("early_stopping", True)
+            if selectable and (keep_last or best_state is None or _improves(score, val_loss, best_score, best_loss)):
                 best_score, best_loss, since_best, best_epoch = score, val_loss, 0, epoch
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
+            elif selectable:
                 since_best += 1
-                if early and epoch + 1 >= protocol.min_epochs and since_best >= protocol.patience:
+                if early and epoch + 1 >= recipe.min_epochs and since_best >= recipe.patience:
                     break
         if best_state is not None:
             model.load_state_dict(best_state)
@@ -300,14 +343,14 @@ def evaluate(model: torch.nn.Module, val_bags, test_bags, external_bags, protoco
 
 
 def run_job(model: torch.nn.Module, train_bags, val_bags, test_bags, external_bags,
-            protocol: ProtocolConfig, seed: int) -> dict[str, Any]:
+            protocol: ProtocolConfig, seed: int, recipe: Recipe | None = None) -> dict[str, Any]:
     """Fit then evaluate; returns the result body (the runner adds the job description)."""
     device = select_device(protocol)
     model.to(device)
     mv = (lambda bs: [b.to(device) for b in bs]) if device.type != "cpu" else (lambda bs: list(bs))
     train_bags, val_bags, test_bags, external_bags = map(mv, (train_bags, val_bags, test_bags, external_bags))
     t0 = time.perf_counter()
-    fitted = fit(model, train_bags, val_bags, protocol, seed, device)
+    fitted = fit(model, train_bags, val_bags, protocol, seed, device, recipe=recipe)
     t1 = time.perf_counter()
     res = evaluate(model, val_bags, test_bags, external_bags, protocol, device)
     t2 = time.perf_counter()

@@ -1,7 +1,7 @@
 """``Job`` (one model trained and scored on one fold) and the result store.
 
 A job's hash covers everything that changes its result (method, resolved hyper-parameters,
-task, fold, seed, data fingerprint, protocol, split), and names its result file
+task, fold, seed, data fingerprint, protocol, split, the resolved training recipe), and names its result file
 ``<run>/jobs/<hash>.json``. Grid and variant names are labels, not part of the hash, so a job
 shared by two grids (e.g. MoMKD full in ``cv`` and ``ablation``) runs once. Files are written
 atomically (temp file + rename): a killed run loses at most the jobs in flight.
@@ -30,12 +30,16 @@ class Job:
     data_fingerprint: str = ""
     protocol_hash: str = ""
     split_hash: str = ""
+    recipe: str = "shared"  # "shared" | "official" (benchmarks/recipes.py)
+    train: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the resolved Recipe
+    params_source: str = ""  # where tuned hyper-parameters came from (``run --params FILE``), else ""
 
     @property
     def hash(self) -> str:
         key = {"suite": self.suite, "task": self.task, "method": self.method, "fold": self.fold,
                "seed": self.seed, "hparams": self.hparams, "data": self.data_fingerprint,
-               "protocol": self.protocol_hash, "split": self.split_hash}
+               "protocol": self.protocol_hash, "split": self.split_hash, "recipe": self.recipe,
+               "train": self.train}
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property

@@ -98,7 +98,7 @@ def canonical_variant(method: str, variant: str | None) -> str:
 # ------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------
-def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_results(run_dir: str | Path, provenance: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read ``<run_dir>/jobs/*.json`` into two long DataFrames.
 
     metrics: [method, variant, task, metric, split, fold, seed, value, n_train, n_test], value a
@@ -108,6 +108,10 @@ def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     Jobs whose status is not ``ok`` are skipped; an unreadable file is skipped with a warning
     naming it. Two jobs with the same (method, variant, task, fold, seed), e.g. MoMKD ``default``
     and ``full``, count once (``full`` kept).
+
+    ``provenance`` (a dict, filled in place): ``recipes`` {recipe: number of jobs}, ``recipe_summary``
+    {method: one line}, ``tuned`` {method: the ``--params`` file}. A folder whose jobs were trained
+    with different recipes is refused: one table never mixes them.
     """
     jobs_dir = Path(run_dir) / "jobs"
     if not jobs_dir.is_dir():
@@ -127,11 +131,21 @@ def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if missing:
             warnings.warn(f"{f}: job lacks {missing}; skipped", stacklevel=2)
             continue
+        if provenance is not None:
+            rec = job.get("recipe") or "shared"
+            provenance.setdefault("recipes", {})[rec] = provenance.get("recipes", {}).get(rec, 0) + 1
+            if job.get("train"):
+                provenance.setdefault("recipe_summary", {})[job["method"]] = _recipe_line(job["train"])
+            if job.get("params_source"):
+                provenance.setdefault("tuned", {})[job["method"]] = job["params_source"]
         raw_variant = job.get("variant") or "default"
         variant = canonical_variant(job["method"], raw_variant)
         records.append({"method": job["method"], "variant": variant, "task": job["task"],
                         "fold": int(job["fold"]), "seed": int(job.get("seed") or 0),
                         "_prio": 0 if raw_variant == variant else 1, "_file": f.name, "_d": d})
+    if provenance is not None and len(provenance.get("recipes", {})) > 1:
+        raise ValueError(f"{jobs_dir}: jobs trained with different recipes {provenance['recipes']}; a table "
+                         "never mixes them. Keep one recipe per run folder (run --recipe ... --out DIR).")
     records.sort(key=lambda r: (r["_prio"], r["_file"]))
     seen: set[tuple] = set()
     mrows, prows = [], []
@@ -161,6 +175,43 @@ def load_results(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         df["fold"] = df["fold"].astype(int)
         df["seed"] = df["seed"].astype(int)
     return metrics, preds
+
+
+def _recipe_line(train: dict[str, Any]) -> str:
+    from momkd.recipe import Recipe
+
+    try:
+        return Recipe.from_dict(train).summary()
+    except (KeyError, TypeError, ValueError):
+        return str(train.get("name", "?"))
+
+
+def annotate_provenance(tables: Sequence["Table"], provenance: dict[str, Any]) -> None:
+    """Say in every table how its rows were trained: the recipe, and which rows used tuned
+    hyper-parameters (their label gets ``(tuned)``)."""
+    recipes = provenance.get("recipes", {})
+    tuned = provenance.get("tuned", {})
+    summary = provenance.get("recipe_summary", {})
+    if not recipes:
+        return
+    (name,) = recipes
+    if name == "shared":
+        line = "Recipe: shared (every method: " + (next(iter(summary.values())).split(": ", 1)[-1]
+                                                  if summary else "the suite's protocol") + ")."
+    else:
+        line = (f"Recipe: {name} (each method's own: "
+                + "; ".join(f"{method_name(m)} {summary[m].split(': ', 1)[-1]}" for m in _method_order(summary))
+                + ").")
+    for t in tables:
+        t.notes.insert(0, line)
+        marked = False
+        for r in t.rows:
+            if r.kind == "ours" and r.key and r.key[0] in tuned:
+                r.labels[0] += " (tuned)"
+                marked = True
+        if marked:
+            t.notes.append("(tuned): hyper-parameters from " + ", ".join(
+                sorted({f"{tuned[m]}" for m in tuned})) + " (`tune` on validation parts), not the defaults.")
 
 
 def load_paper(paper_dir: str | Path | None = None) -> pd.DataFrame:
@@ -760,8 +811,10 @@ def write_all(run_dir: str | Path, formats: Sequence[str] = FORMATS, paper: bool
     if bad:
         raise ValueError(f"unknown table format(s) {sorted(bad)}; choose from {FORMATS}")
     run = Path(run_dir)
-    metrics, preds = load_results(run)
+    provenance: dict[str, Any] = {}
+    metrics, preds = load_results(run, provenance)
     tables = build_tables(metrics, preds, paper=paper, paper_dir=paper_dir)
+    annotate_provenance(tables, provenance)
     diffs = [diff_table(t, paper_dir) for t in tables] if diff else []
     tdir = run / "tables"
     tdir.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,9 @@ from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
 from benchmarks.protocol import FEATURE_NORMS, ProtocolConfig, load_splits, make_splits, save_splits
+from benchmarks.recipes import RECIPES, resolve as resolve_recipe
 from benchmarks.suites import Suite, load_suite
+from momkd.recipe import Recipe
 
 GRIDS = ("cv", "ablation", "memory")
 # Table 3 (ablation on HER2) and Table 4 (fixed vs momentum memory, + EMA extension)
@@ -102,7 +104,8 @@ def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
                                                 external)
         seed_everything(job.seed * 1000 + job.fold, protocol.deterministic)
         model = spec.build_model(cohort.in_dim, omics_dim(cohort.omics_dim, protocol.omics_genes), 2, job.hparams)
-        result = run_job(model, train, val, test, external, protocol, seed=job.seed * 1000 + job.fold)
+        recipe = Recipe.from_dict(job.train) if job.train else None
+        result = run_job(model, train, val, test, external, protocol, seed=job.seed * 1000 + job.fold, recipe=recipe)
         result["status"] = "ok"
         store.save(job, result)
         m = result["metrics"]["test"]
@@ -117,6 +120,7 @@ def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
 class RunPlan:
     jobs: list[Job]
     skipped_methods: dict[str, str] = field(default_factory=dict)
+    recipes: dict[str, Recipe] = field(default_factory=dict)  # method -> the recipe its jobs train with
 
 
 def method_fits(spec: registry.MethodSpec, cohort: Cohort) -> str | None:
@@ -130,7 +134,11 @@ def method_fits(spec: registry.MethodSpec, cohort: Cohort) -> str | None:
 
 def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: list[str], tasks: list[str],
               grids: list[str], folds: list[int], seeds: list[int], split_hashes: dict[tuple[str, int], str],
-              overrides: dict[str, dict[str, Any]] | None = None) -> RunPlan:
+              overrides: dict[str, dict[str, Any]] | None = None, recipe: str = "shared",
+              max_epochs: int | None = None, params_source: dict[str, str] | None = None) -> RunPlan:
+    """The jobs of a run. Hyper-parameters: the method's defaults, its recipe's settings (``official``),
+    the variant, then ``overrides`` (scale preset widths, ``--params``). ``params_source`` names the
+    tuned-parameter file per method (recorded in each job, marked in the tables)."""
     plan = RunPlan([])
     runnable = []
     for m in methods:
@@ -153,11 +161,14 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
         if v != "default" and v not in spec.variants:
             plan.skipped_methods[f"{m}/{v}"] = f"variant {v!r} not registered for {m}"
             continue
-        hp = spec.hparams(v, (overrides or {}).get(m))
+        r = resolve_recipe(spec, recipe, protocol, suite.name, suite.recipe_family, max_epochs)
+        plan.recipes[m] = r
+        hp = spec.hparams(v, (overrides or {}).get(m), base=r.hparams)
         for s in seeds:
             for f in folds:
                 job = Job(suite.name, grid, t, m, v, f, s, hparams=hp, data_fingerprint=cohort.fingerprint,
-                          protocol_hash=protocol.hash(), split_hash=split_hashes[(t, s)])
+                          protocol_hash=protocol.hash(), split_hash=split_hashes[(t, s)], recipe=recipe,
+                          train=r.training_dict(), params_source=(params_source or {}).get(m, ""))
                 if job.hash not in seen:  # jobs shared by grids run once
                     seen.add(job.hash)
                     plan.jobs.append(job)
@@ -224,7 +235,10 @@ def add_arguments(p) -> None:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///results/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the run to MLflow")
-    p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's max epochs")
+    p.add_argument("--recipe", choices=RECIPES, default="shared",
+                   help="shared: one protocol for every method (default, the fair comparison); official: each "
+                        "method's own training recipe (optimiser, schedule, stopping; `list --recipes`)")
+    p.add_argument("--max-epochs", type=int, default=None, help="cap the epochs of the protocol or recipe")
     p.add_argument("--batch-size", type=int, default=None,
                    help="slides per step for models with a padded path (default 1, as the official codes)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile each model's forward")
@@ -250,6 +264,9 @@ def main(args) -> int:
     t_start = time.perf_counter()
     suite = load_suite(args.suite)
     src, ext_src, run_name = _sources(suite, args)
+    recipe = getattr(args, "recipe", "shared") or "shared"
+    if recipe != "shared":
+        run_name += f"-{recipe}"  # one recipe per run folder: tables never mix them
     run_dir = Path(args.out) if args.out else Path("results") / suite.name / (args.run or run_name)
     protocol = suite.protocol_for_scale(src.scale if src.kind == "simulated" else None,
                                         {"max_epochs": args.max_epochs, "threshold": args.threshold,
@@ -282,13 +299,16 @@ def main(args) -> int:
             split_hashes[(t, s)] = save_splits(sp, split_path(run_dir, t, s))
     # the scale preset's widths (suite file), then tuned hyper-parameters (--params) on top
     overrides = suite.params_for_scale(src.scale if src.kind == "simulated" else None)
+    params_source: dict[str, str] = {}
     if getattr(args, "params", None):
         from benchmarks.tuning import read_params  # tuned hyper-parameters, per method
 
         for m, hp in read_params(args.params).items():
             overrides[m] = {**overrides.get(m, {}), **hp}
+            params_source[m] = str(args.params)
     plan = plan_jobs(suite, cohort, protocol, methods, tasks, grids, folds, seeds, split_hashes,
-                     overrides=overrides)
+                     overrides=overrides, recipe=recipe,
+                     max_epochs=args.max_epochs if recipe != "shared" else None, params_source=params_source)
     for m, why in plan.skipped_methods.items():
         print(f"skipping {m}: {why}", file=sys.stderr)
     store = ResultStore(run_dir)
@@ -314,7 +334,8 @@ def main(args) -> int:
 
     summary = {"suite": suite.name, "run_dir": str(run_dir), "cohort": dataclasses.asdict(src),
                "data_fingerprint": cohort.fingerprint, "protocol": protocol.to_dict(),
-               "protocol_hash": protocol.hash(), "method_params": overrides, "methods": methods, "tasks": tasks, "grids": grids,
+               "protocol_hash": protocol.hash(), "method_params": overrides, "recipe": recipe,
+               "recipes": {m: r.to_dict() for m, r in plan.recipes.items()}, "params_source": params_source, "methods": methods, "tasks": tasks, "grids": grids,
                "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo),
                "n_failed": len(failed), "skipped_methods": plan.skipped_methods,
                "skipped_slides": [dataclasses.asdict(p) for p in cohort.skipped] if cohort.skipped else [],

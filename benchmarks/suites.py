@@ -29,6 +29,11 @@ class Suite:
     raw: dict[str, Any]
 
     @property
+    def recipe_family(self) -> str:
+        """Which official recipe a method uses on this suite (benchmarks/recipes.py): ``wsi`` or ``classic_mil``."""
+        return self.raw.get("suite", {}).get("recipe_family", "wsi")
+
+    @property
     def external_task(self) -> str | None:
         return self.raw.get("suite", {}).get("external_task")
 

@@ -20,6 +20,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from momkd.recipe import Recipe
+
 PRESETS: dict[str, dict[str, Any]] = {
     "official": {
         "hidden_dim": 512,  # run.sh WSI_ENCODER_DIM
@@ -137,3 +139,26 @@ def resolve(cfg: MoMKDConfig) -> MoMKDConfig:
     if out.n_memory < 1 or out.kmeans_samples < 1:
         raise ValueError("MoMKD: n_memory and kmeans_samples must be >= 1")
     return out
+
+
+MOMKD_REPO = "CAIR-LAB-WFUSM/MoMKD@226ad63"
+
+# run.sh (its flags) + main.py + utils/core_utils.py train_mkd + utils/Mkd_train_utils.py.
+RECIPE = Recipe(
+    name="official", optimizer="adamw", lr=2e-4, weight_decay=1e-4, epochs=100, scheduler="plateau",
+    plateau_factor=0.2, plateau_patience=5, grad_clip=16.0, monitor="val_auc", patience=1, min_epochs=3,
+    balanced_sampling=True,
+    sources={
+        "optimizer": f"{MOMKD_REPO} utils/core_utils.py:L207-210 (AdamW, weight_decay 1e-4 hard-coded)",
+        "lr": f"{MOMKD_REPO} run.sh:L30 (2e-4)", "weight_decay": f"{MOMKD_REPO} utils/core_utils.py:L207-210",
+        "epochs": f"{MOMKD_REPO} run.sh:L23 (100)",
+        "scheduler": f"{MOMKD_REPO} utils/core_utils.py:L215, L261 (ReduceLROnPlateau(max, 0.2, 5) on val AUC)",
+        "grad_clip": f"{MOMKD_REPO} run.sh:L24 (--gc 16), utils/Mkd_train_utils.py:L118-120 (clip_grad_norm_ max-norm)",
+        "monitor": f"{MOMKD_REPO} utils/core_utils.py:L22-59, L264-269 (val AUC)",
+        "patience": f"{MOMKD_REPO} run.sh:L27-28 (patience 1, stop_epoch 1), utils/core_utils.py:L49 (epoch > stop_epoch)",
+        "balanced_sampling": f"{MOMKD_REPO} utils/core_utils.py:L171-177 (WeightedRandomSampler, always)",
+        "loss": f"{MOMKD_REPO} utils/Mkd_train_utils.py:L96, L110 (0.5 CE + 0.1 mem + 0.05 rna + 0.2 wsi + 0.05 recon)",
+        "seed": f"{MOMKD_REPO} run.sh:L21 (4)",
+    },
+    notes="run.sh trains one fold (--k 1); every fold of the protocol is trained here. Validation is WSI-only, "
+          "as the official forward_inference.")

@@ -37,6 +37,22 @@ def test_nystrom_equals_the_package_values_and_gradients(dim, heads, landmarks, 
         assert torch.allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("n,batch", [(10, 1), (50, 2), (255, 1)])
+def test_few_rows_path_equals_the_package_at_transmil_sizes(n, batch):
+    """Fewer rows than the 256 landmarks (classic MIL bags, small slides): the O(n^3) block path
+    (``few_rows_attention``) is the package's O(256^3) function, values and gradients."""
+    ref, ours = _pair(64, 8, 256)
+    ref.eval(), ours.eval()
+    x = torch.randn(batch, n, 64, dtype=torch.float64, requires_grad=True)
+    a, b = ref(x), ours(x)
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+    wt = torch.randn_like(a)
+    ga = torch.autograd.grad((a * wt).sum(), [x, *ref.parameters()])
+    gb = torch.autograd.grad((b * wt).sum(), [x, *ours.parameters()])
+    for u, v in zip(ga, gb):
+        assert torch.allclose(u, v, rtol=1e-8, atol=1e-10)
+
+
 def test_nystrom_pinv_equals_the_package_iteration():
     from nystrom_attention.nystrom_attention import moore_penrose_iter_pinv
 
