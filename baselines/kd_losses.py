@@ -211,26 +211,40 @@ class ContrastMemory(nn.Module):
 
 
 def nce_loss(x: torch.Tensor, num_pos: int, knn_sim: torch.Tensor, sample_weights: torch.Tensor,
-             n_data: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """NCE loss with similarity-weighted positives (``ContrastLoss_v2``), per sample i:
+             n_data: int, form: str = "official") -> tuple[torch.Tensor, torch.Tensor]:
+    """NCE loss with similarity-weighted positives (``ContrastLoss_v2``, zqb77/MICCAI25
+    utils/loss/CRD_criterion_v10.py:L280-314). Per sample i, with x: (B, P + K) normalised scores
+    (positives first), knn_sim: (B, P), d1_ip = log(x_ip / (x_ip + K/n)), d0_ik = log((K/n) / (x_ik + K/n))
+    (the official code adds ``eps`` = 1e-7 to each denominator):
 
-        l_i = -sum_p s_ip [log(x_ip / (x_ip + K/n)) + sum_k log((K/n) / (x_ik + K/n))] / sum_p s_ip
+    * ``form="per_sample"`` (the intended CRD loss):
+      l_i = -sum_p s_ip [d1_ip + sum_k d0_ik] / sum_p s_ip;
+    * ``form="official"``: the code as written. For P = 1, ``log_D1.squeeze()`` (B,) plus the (B, 1)
+      negative sum broadcast to a (B, B) matrix M_ij = d1_j + sum_k d0_ik, scaled by s_i and summed
+      over j, then divided by s_i: l_i = -(sum_j d1_j + B sum_k d0_ik): each sample gets every
+      positive term of the window and B times its own negative term. For P > 1 (and B = 1) both
+      forms agree.
 
-    x: (B, P + K) normalised scores, positives first; knn_sim: (B, P); weights w_i multiply l_i;
-    returns (sum_i w_i l_i / B, w * l). The official code adds ``eps`` = 1e-7 to each denominator.
-    Deviation: for P = 1 the official ``log_D1.squeeze()`` (B,) plus the (B, 1) negative sum
-    broadcast to a (B, B) matrix (each sample then gets every positive term of the batch and B
-    times its negative term); the per-sample form above is the intended CRD loss.
+    Weights w_i multiply l_i; returns (sum_i w_i l_i / B, w * l).
     """
+    if form not in NCE_FORMS:
+        raise ValueError(f"nce form must be one of {NCE_FORMS}, got {form!r}")
     b, m = x.shape[0], x.shape[1] - num_pos
     pn = 1.0 / float(n_data)
     pos, neg = x[:, :num_pos], x[:, num_pos:]
     log_d1 = torch.log(pos / (pos + m * pn + EPS_NCE))  # (B, P)
     log_d0 = torch.log((m * pn) / (neg + m * pn + EPS_NCE))  # (B, K)
     sim = knn_sim.to(x.dtype)
-    per = -((log_d1 + log_d0.sum(1, keepdim=True)) * sim).sum(1) / sim.sum(1).clamp_min(1e-12)
+    neg_sum = log_d0.sum(1, keepdim=True)  # (B, 1)
+    if form == "official" and num_pos == 1:
+        per = -(log_d1.sum() + b * neg_sum.squeeze(1))
+    else:
+        per = -((log_d1 + neg_sum) * sim).sum(1) / sim.sum(1).clamp_min(1e-12)
     per = sample_weights.reshape(-1).to(x.dtype) * per
     return per.sum() / b, per
+
+
+NCE_FORMS = ("official", "per_sample")
 
 
 class TDCCriterion(nn.Module):
@@ -240,8 +254,9 @@ class TDCCriterion(nn.Module):
     applied by :meth:`apply_update` after the optimizer step (``on_step_end``)."""
 
     def __init__(self, s_dim: int, t_dim: int, feat_dim: int = 128, nce_k: int = 4, nce_t: float = 0.07,
-                 nce_m: float = 0.5, nce_p: int = 1):
+                 nce_m: float = 0.5, nce_p: int = 1, nce_form: str = "official"):
         super().__init__()
+        self.nce_form = nce_form
         self.embed_s = Embed(s_dim, feat_dim)
         self.embed_t = Embed(t_dim, feat_dim)
         self.contrast = ContrastMemory(feat_dim, nce_k, nce_t, nce_m)
@@ -257,8 +272,8 @@ class TDCCriterion(nn.Module):
         with torch.autocast(device_type=v_s.device.type, enabled=False):
             out_s, out_t, sim_s, sim_t = self.contrast(v_s, v_t, idx, neg_idx, self.num_pos)
             n = self.contrast.n_data
-            s_loss, s_per = nce_loss(out_s, self.num_pos, sim_t, sample_weights, n)
-            t_loss, t_per = nce_loss(out_t, self.num_pos, sim_s, sample_weights, n)
+            s_loss, s_per = nce_loss(out_s, self.num_pos, sim_t, sample_weights, n, self.nce_form)
+            t_loss, t_per = nce_loss(out_t, self.num_pos, sim_s, sample_weights, n, self.nce_form)
         self._pending = (idx.detach(), v_s.detach(), v_t.detach())
         return s_loss + t_loss, s_per + t_per
 

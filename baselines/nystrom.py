@@ -51,96 +51,55 @@ def moore_penrose_pinv(x: torch.Tensor, iters: int = 6) -> torch.Tensor:
     x3 = x.reshape(-1, shape[-2], shape[-1])
     a = x3.abs()
     z = x3.transpose(-1, -2) / (a.sum(dim=-1).max() * a.sum(dim=-2).max())
+    return pinv_iterations(x3, z, iters).reshape(shape)
+
+
+def pinv_iterations(x: torch.Tensor, z: torch.Tensor, iters: int) -> torch.Tensor:
+    """The package's iteration z <- 0.25 z (13I - xz (15I - xz (7I - xz))) on (B, m, m) matrices, as
+    one ``bmm`` and three ``baddbmm`` (the scaled identities folded into beta / alpha)."""
     for _ in range(iters):
-        xz = torch.bmm(x3, z)
+        xz = torch.bmm(x, z)
         t = torch.baddbmm(xz, xz, xz, beta=7.0, alpha=-1.0)  # xz (7I - xz)
         t = torch.baddbmm(xz, xz, t, beta=15.0, alpha=-1.0)  # xz (15I - t)
         z = torch.baddbmm(z, z, t, beta=3.25, alpha=-0.25)  # 0.25 z (13I - t)
-    return z.reshape(shape)
-
-
-class PaddedBlocks:
-    """An (m x m) matrix whose first P rows and columns belong to P identical zero rows of the
-    input, in five blocks: ``alpha I + beta J`` on the (P x P) corner, every padded row equal to
-    ``u`` on the real columns, every real row equal to ``w`` on the padded columns, and the real
-    (n x n) block ``e`` (all batched over (B,)). Softmax attention among such rows, the package's
-    pseudo-inverse iteration and products with it stay in this form, so they cost O(n^3), not O(m^3).
-    """
-
-    def __init__(self, p: int, alpha, beta, u, w, e):
-        self.p, self.alpha, self.beta, self.u, self.w, self.e = p, alpha, beta, u, w, e
-
-    @classmethod
-    def identity_like(cls, x: "PaddedBlocks") -> "PaddedBlocks":
-        n = x.e.shape[-1]
-        one = torch.ones_like(x.alpha)
-        eye = torch.eye(n, dtype=x.e.dtype, device=x.e.device).expand_as(x.e)
-        return cls(x.p, one, torch.zeros_like(x.beta), torch.zeros_like(x.u), torch.zeros_like(x.w), eye)
-
-    def t(self) -> "PaddedBlocks":
-        return PaddedBlocks(self.p, self.alpha, self.beta, self.w, self.u, self.e.transpose(-1, -2))
-
-    def scale(self, c) -> "PaddedBlocks":
-        return PaddedBlocks(self.p, self.alpha * c, self.beta * c, self.u * c, self.w * c, self.e * c)
-
-    def shifted(self, c: float) -> "PaddedBlocks":
-        """c I - self."""
-        eye = torch.eye(self.e.shape[-1], dtype=self.e.dtype, device=self.e.device)
-        return PaddedBlocks(self.p, c - self.alpha, -self.beta, -self.u, -self.w, c * eye - self.e)
-
-    def __matmul__(self, o: "PaddedBlocks") -> "PaddedBlocks":
-        p = self.p
-        s_row = (self.alpha + p * self.beta).unsqueeze(-1)  # a padded row's sum over the padded columns
-        o_col = (o.alpha + p * o.beta).unsqueeze(-1)
-        uw = (self.u * o.w).sum(-1)
-        alpha = self.alpha * o.alpha
-        beta = self.alpha * o.beta + self.beta * o.alpha + p * self.beta * o.beta + uw
-        u = s_row * o.u + torch.matmul(self.u.unsqueeze(-2), o.e).squeeze(-2)
-        w = o_col * self.w + torch.matmul(self.e, o.w.unsqueeze(-1)).squeeze(-1)
-        e = torch.matmul(self.e, o.e) + p * self.w.unsqueeze(-1) * o.u.unsqueeze(-2)
-        return PaddedBlocks(p, alpha, beta, u, w, e)
-
-    def abs_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The largest absolute row sum and column sum over the whole batch (as the package)."""
-        p = self.p
-        pad_row = (self.alpha + self.beta).abs() + (p - 1) * self.beta.abs() + self.u.abs().sum(-1)
-        real_row = p * self.w.abs() + self.e.abs().sum(-1)
-        pad_col = (self.alpha + self.beta).abs() + (p - 1) * self.beta.abs() + self.w.abs().sum(-1)
-        real_col = p * self.u.abs() + self.e.abs().sum(-2)
-        return (torch.maximum(pad_row.max(), real_row.max()), torch.maximum(pad_col.max(), real_col.max()))
-
-    def apply(self, y_pad: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """self @ Y for Y whose padded rows all equal ``y_pad`` (B, d) and whose real rows are y (B, n, d)."""
-        p = self.p
-        new_pad = (self.alpha + p * self.beta).unsqueeze(-1) * y_pad + torch.matmul(self.u.unsqueeze(-2), y).squeeze(-2)
-        new = p * self.w.unsqueeze(-1) * y_pad.unsqueeze(-2) + torch.matmul(self.e, y)
-        return new_pad, new
+    return z
 
 
 def few_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int, iters: int) -> torch.Tensor:
-    """The package's output rows for a sequence of n < m rows (q scaled), (b, h, n, d).
+    """The package's output rows for a sequence of n < m rows (q already scaled), (b, h, n, d).
 
     Then every landmark is one row of the sequence padded in front with p = m - n zero rows, so the
-    three softmax matrices are one: A = softmax(q_pad k_pad^T) (m x m), and the output's real rows
-    are A[real] Z (A[:, real] v) with Z the pseudo-inverse iteration of A. A padded row has zero
-    query and key: its logits are 0, so A is a :class:`PaddedBlocks` and so is every iterate."""
+    three softmax matrices are one, A = softmax(q_pad k_pad^T) (m x m), and the real output rows are
+    those of A Z (A v), Z the pseudo-inverse iteration of A. The p padded rows are identical (zero
+    query, key and value: logits 0), so A, its transpose and every product of them map the vectors
+    that are constant over the padded rows to such vectors. On that (n + 1)-dimensional space (index
+    0: the common value of the padded rows) A acts as
+
+        A_S = [[p / m, 1 / m ... 1 / m], [p w_i, E_ij]]    (p w_i: row i's softmax mass on the padded keys)
+
+    and a product of such operators is the product of their (n + 1) x (n + 1) matrices. So the
+    iteration runs on A_S, started from (A^T)_S = [[p / m, w^T], [p / m, E^T]] with the package's
+    scale (its largest row and column sums of the full A), at O(n^3) instead of O(m^3); the values
+    are the package's up to float rounding (tests/test_nystrom.py compares them)."""
     b, h, n, d = q.shape
+    m = n + p
     s = torch.matmul(q, k.transpose(-1, -2)).reshape(b * h, n, n)  # real-real logits
-    ext = torch.cat((s, s.new_full((b * h, n, 1), math.log(p))), dim=-1)  # the p zero logits as one log(p)
-    sm = ext.softmax(dim=-1)
-    e, w = sm[..., :n], sm[..., n] / p  # real rows: real columns, each padded column
-    ones = s.new_full((b * h,), 1.0 / (n + p))  # a padded row attends uniformly
-    a = PaddedBlocks(p, torch.zeros_like(ones), ones, ones.unsqueeze(-1).expand(b * h, n), w, e)
-    row, col = a.abs_sums()
-    z = a.t().scale(1.0 / (col * row))
-    for _ in range(iters):  # z <- 0.25 z (13I - xz (15I - xz (7I - xz)))
-        xz = a @ z
-        t = (xz @ xz.shifted(7.0)).shifted(15.0)
-        z = (z @ (xz @ t).shifted(13.0)).scale(0.25)
-    vv = v.reshape(b * h, n, d)
-    # A[:, real] v: a padded row averages every value row (the padded ones are zero)
-    y_pad, y = z.apply(vv.sum(-2) / (n + p), torch.matmul(e, vv))
-    out = p * w.unsqueeze(-1) * y_pad.unsqueeze(-2) + torch.matmul(e, y)  # A[real] (Z A[:, real] v)
+    ext = torch.cat((s.new_full((b * h, n, 1), math.log(p)), s), dim=-1)  # the p zero logits as one log(p)
+    sm = ext.softmax(dim=-1)  # (B, n, n + 1): [p w_i, E_i.]
+    first = s.new_full((b * h, 1, n + 1), 1.0 / m)
+    first[..., 0] = p / m
+    a_s = torch.cat((first, sm), dim=1)  # (B, n + 1, n + 1)
+    at_top = torch.cat((first[..., :1], sm[..., :1].transpose(-1, -2) / p), dim=-1)  # [p / m, w^T]
+    at_low = torch.cat((s.new_full((b * h, n, 1), p / m), sm[..., 1:].transpose(-1, -2)), dim=-1)  # [p / m, E^T]
+    at_s = torch.cat((at_top, at_low), dim=1)
+    # the package's scale: the largest absolute row sum and column sum of the full (m x m) A
+    row_max = torch.maximum(a_s[:, 0, 0] + a_s[:, 0, 1:].sum(-1), sm.sum(-1).max(-1).values).max()
+    col_pad = p / m + (sm[..., 0] / p).sum(-1)  # a padded column: p rows of 1/m + each real row's w_i
+    col_real = p / m + sm[..., 1:].sum(-2)  # a real column j: p rows of 1/m + column j of E
+    col_max = torch.maximum(col_pad.max(), col_real.max())
+    z = pinv_iterations(a_s, at_s / (col_max * row_max), iters)
+    v_s = torch.cat((v.new_zeros(b * h, 1, d), v.reshape(b * h, n, d)), dim=1)  # padded values are zero
+    out = torch.matmul(a_s, torch.matmul(z, torch.matmul(a_s, v_s)))[:, 1:]
     return out.reshape(b, h, n, d)
 
 

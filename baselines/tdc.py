@@ -60,10 +60,13 @@ Adaptations and official quirks (documented choices)
   the loaded teachers, so their dropout stayed on; the wiring code is missing, so this cannot be
   confirmed, and a frozen teacher with random dropout is taken as an oversight.)
 * ``batch_kd_trainer.py`` stores the student prediction as ``F.softmax(logits, dim=0)`` of a
-  (1, C) tensor, which is all ones: conf_s = 0 and the weights depend on the teacher only. Default
-  here: the intended student confidence; ``student_softmax_dim0=True`` reproduces the code.
+  (1, C) tensor, which is all ones: conf_s = 0 and the weights depend on the teacher only. The
+  default reproduces the code (``student_softmax_dim0=True``); the variant ``per_sample`` uses the
+  intended student confidence.
 * For nce_p = 1 the official ``ContrastLoss_v2`` broadcasts a (B,) and a (B, 1) tensor into a
-  (B, B) matrix (see :func:`baselines.kd_losses.nce_loss`); the per-sample CRD loss is used.
+  (B, B) matrix: each sample gets the window's positive terms plus B times its own negative term
+  (:func:`baselines.kd_losses.nce_loss`). The default is that official form (``nce_form="official"``);
+  the variant ``per_sample`` is the intended per-sample CRD loss.
 * The memory bank is a non-persistent buffer sized from the training bags in ``on_fit_start``
   (slide -> row by ``slide_id``); its random init and the negatives use a generator seeded from
   the global (engine-seeded) RNG. The memory update is applied in ``on_step_end``.
@@ -83,7 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.kd_losses import KDWindow, TDCCriterion, discrepancy_weights, distill_kl
+from baselines.kd_losses import NCE_FORMS, KDWindow, TDCCriterion, discrepancy_weights, distill_kl
 from baselines.mkd import WINDOW_GRAD_MODES, ABMILNet, PathOmicTeacher, SNNMILNet, check_omics
 from baselines.omics_utils import GeneTokenizer
 from momkd.contract import MILModel, Output, bag_label, check_bag
@@ -110,8 +113,9 @@ class TDCConfig:
     window: int = 16  # --gc
     window_grad: str = "recompute"  # "recompute" | "current" (baselines.mkd docstring)
     ce_over_window: bool = True  # batch_kd_trainer.py: loss / args.gc
-    student_softmax_dim0: bool = False  # True: reproduce batch_kd_trainer's softmax(dim=0) quirk
+    student_softmax_dim0: bool = True  # batch_kd_trainer's softmax(dim=0): conf_s = 0 (False: the intended term)
     teacher_epochs: int = 0  # 0: teacher stage early-stopped on the slide teacher; > 0: fixed epochs
+    nce_form: str = "official"  # ContrastLoss_v2 as written (broadcast for nce_p = 1) | "per_sample" (intended)
 
 
 class TDC(MILModel):
@@ -125,8 +129,8 @@ class TDC(MILModel):
                  attn_dim: int = 128, dropout: float = 0.25, n_gene_tokens: int = 16, fusion: str = "bilinear",
                  fusion_scale: int = 8, feat_dim: int = 128, nce_k: int = 4, nce_p: int = 1, nce_t: float = 0.07,
                  nce_m: float = 0.5, max_discrep: float = 1.0, temperature: float = 4.0, window: int = 16,
-                 window_grad: str = "recompute", ce_over_window: bool = True, student_softmax_dim0: bool = False,
-                 teacher_epochs: int = 0):
+                 window_grad: str = "recompute", ce_over_window: bool = True, student_softmax_dim0: bool = True,
+                 teacher_epochs: int = 0, nce_form: str = "official"):
         super().__init__()
         if not omics_dim:
             raise ValueError("tdc needs omics at training: build it with omics_dim = number of genes")
@@ -140,8 +144,10 @@ class TDC(MILModel):
         self.teacher_mm = PathOmicTeacher(in_dim, td, n_classes, hidden_dim, attn_dim, dropout, fusion, fusion_scale)
         self.teacher_wsi = ABMILNet(in_dim, n_classes, hidden_dim, attn_dim, dropout)
         self.teacher_omics = SNNMILNet(td, n_classes, hidden_dim, attn_dim, dropout)
-        self.criteria = nn.ModuleDict({t: TDCCriterion(hidden_dim, hidden_dim, feat_dim, nce_k, nce_t, nce_m, nce_p)
-                                       for t in TEACHERS})
+        if nce_form not in NCE_FORMS:
+            raise ValueError(f"tdc: nce_form must be one of {NCE_FORMS}, got {nce_form!r}")
+        self.criteria = nn.ModuleDict({t: TDCCriterion(hidden_dim, hidden_dim, feat_dim, nce_k, nce_t, nce_m, nce_p,
+                                                       nce_form) for t in TEACHERS})
         self.max_discrep = float(max_discrep)
         self.temperature = float(temperature)
         self.window_grad = window_grad

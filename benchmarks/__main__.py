@@ -19,6 +19,7 @@ COMMANDS = {
     "perf": ("benchmarks.perf", "seconds per step and peak memory per method at 1k/10k/100k patches"),
     "stats": ("benchmarks.stats", "pairwise significance tests of a finished run"),
     "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
+    "reproduce": ("benchmarks.reproduce", "reproduce published classic-MIL numbers, as published and leak-free"),
     "tune": ("benchmarks.tuning", "Optuna search of a method's hyper-parameters on validation parts"),
     "sync-mlflow": ("benchmarks.tracking", "log a finished run folder to MLflow (idempotent)"),
     "compare": ("benchmarks.tracking", "compare parent runs or methods read back from MLflow, with tests"),

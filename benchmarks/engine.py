@@ -343,14 +343,16 @@ def evaluate(model: torch.nn.Module, val_bags, test_bags, external_bags, protoco
 
 
 def run_job(model: torch.nn.Module, train_bags, val_bags, test_bags, external_bags,
-            protocol: ProtocolConfig, seed: int, recipe: Recipe | None = None) -> dict[str, Any]:
+            protocol: ProtocolConfig, seed: int, recipe: Recipe | None = None,
+            watch_test: bool = False) -> dict[str, Any]:
     """Fit then evaluate; returns the result body (the runner adds the job description)."""
     device = select_device(protocol)
     model.to(device)
     mv = (lambda bs: [b.to(device) for b in bs]) if device.type != "cpu" else (lambda bs: list(bs))
     train_bags, val_bags, test_bags, external_bags = map(mv, (train_bags, val_bags, test_bags, external_bags))
     t0 = time.perf_counter()
-    fitted = fit(model, train_bags, val_bags, protocol, seed, device, recipe=recipe)
+    fitted = fit(model, train_bags, val_bags, protocol, seed, device, recipe=recipe,
+                 watch={"test": test_bags} if watch_test else None)
     t1 = time.perf_counter()
     res = evaluate(model, val_bags, test_bags, external_bags, protocol, device)
     t2 = time.perf_counter()

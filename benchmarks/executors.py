@@ -6,17 +6,20 @@ and resume. Each executor yields one summary row per finished job.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 EXECUTORS = ("local", "ray")
 
 
-def run_local(jobs: list, ctx: Any, workers: int = 1) -> Iterator[dict[str, Any]]:
+def run_local(jobs: list, ctx: Any, workers: int = 1, fn: Callable | None = None) -> Iterator[dict[str, Any]]:
     """Sequential when ``workers <= 1``; else a spawn-context process pool whose workers each get
-    cores // workers torch threads (no oversubscription)."""
+    cores // workers torch threads (no oversubscription). ``fn(job, ctx)`` runs one job (default
+    :func:`benchmarks.runner.execute_job`; ``reproduce`` passes its own)."""
     from benchmarks.engine import configure_threads
-    from benchmarks.runner import execute_job
 
+    if fn is None:
+        from benchmarks.runner import execute_job as fn
+    execute_job = fn
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield execute_job(job, ctx)

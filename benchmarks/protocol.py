@@ -105,20 +105,22 @@ class Split:
     def test(self) -> list[str]:
         return self.ids("test")
 
-    def check(self) -> None:
-        """Fail loudly if any case or slide is in two parts, or a part is empty."""
-        check_no_leak(self.table, where=f"task {self.task} fold {self.fold} seed {self.seed}")
+    def check(self, require_val: bool = True) -> None:
+        """Fail loudly if any case or slide is in two parts, or a part is empty (the validation part
+        may be absent only where a protocol has none: ``require_val=False``)."""
+        check_no_leak(self.table, where=f"task {self.task} fold {self.fold} seed {self.seed}",
+                      required=PARTS if require_val else ("train", "test"))
 
 
-def check_no_leak(table: pd.DataFrame, where: str = "split") -> None:
+def check_no_leak(table: pd.DataFrame, where: str = "split", required: tuple[str, ...] = PARTS) -> None:
     for key in ("case_id", "slide_id"):
-        parts = table.groupby(key)["part"].nunique()
-        bad = parts[parts > 1]
+        n_parts = table.groupby(key)["part"].nunique()
+        bad = n_parts[n_parts > 1]
         if len(bad):
             ex = bad.index[:5].tolist()
             raise LeakError(f"{where}: {len(bad)} {key.replace('_id', '')}(s) appear in more than one of "
                             f"train/val/test, e.g. {ex}. A patient must be in exactly one part.")
-    for part in PARTS:
+    for part in required:
         if not (table["part"] == part).any():
             raise LeakError(f"{where}: the {part} part is empty (too few patients for {table.shape[0]} slides?)")
 

@@ -156,6 +156,9 @@ METHODS: dict[str, MethodSpec] = _table(
     MethodSpec(
         "tdc", job_cost=5.0, family="kd", build="baselines.tdc:build", config="baselines.tdc:TDCConfig",
         needs=frozenset({"omics_train"}),
+        # default: ContrastLoss_v2 and the student term as the official code computes them; the
+        # variant: the per-sample CRD loss and the intended student confidence
+        variants={"per_sample": {"nce_form": "per_sample", "student_softmax_dim0": False}},
         recipes={"wsi": "baselines.tdc:RECIPE"},
         paper="TDCLoss of Xing et al. (MICCAI 2022 DC-Distill; MedIA 2024 CLAT) as shipped in the MKD code base; "
               "MoMKD's exact 'TDC' reference not found (acronym expansion uncertain)",

@@ -142,6 +142,43 @@ def test_nce_neighbour_positives_are_same_class_and_similarity_weighted():
     assert loss.item() == pytest.approx(_ref_nce([r / z for r in raw], [1.0, 0.6], 4, 1), abs=1e-9)
 
 
+def test_official_nce_broadcasts_a_window_as_contrastloss_v2():
+    """For nce_p = 1, ContrastLoss_v2 adds the (B,) positive terms to the (B, 1) negative sums: a
+    (B, B) matrix. Hand-computed on a window of 3: l_i = -(sum_j d1_j + 3 sum_k d0_ik), times w_i."""
+    x = t([[0.5, 0.1, 0.2], [0.3, 0.4, 0.05], [0.9, 0.01, 0.3]])  # (B=3, 1 positive + 2 negatives)
+    sim = t([[0.7], [1.0], [0.2]])
+    w = t([1.0, 0.5, 0.0])
+    n = 10
+    c = 2 / n + 1e-7  # K / n + eps
+
+    def d1(v):
+        return math.log(v / (v + c))
+
+    def d0(v):
+        return math.log((2 / n) / (v + c))
+
+    pos = sum(d1(r[0]) for r in x.tolist())
+    want = [-(pos + 3 * (d0(r[1]) + d0(r[2]))) * wi for r, wi in zip(x.tolist(), w.tolist())]
+    loss, per = nce_loss(x, 1, sim, w, n)  # the default form: the official one
+    assert torch.allclose(per, t(want), atol=1e-12)
+    assert loss.item() == pytest.approx(sum(want) / 3, abs=1e-12)
+    # the intended per-sample loss (variant ``per_sample``): each sample its own terms
+    _, per2 = nce_loss(x, 1, sim, w, n, form="per_sample")
+    want2 = [-(d1(r[0]) + d0(r[1]) + d0(r[2])) * wi for r, wi in zip(x.tolist(), w.tolist())]
+    assert torch.allclose(per2, t(want2), atol=1e-12)
+    # one sample: both forms agree
+    assert torch.allclose(nce_loss(x[:1], 1, sim[:1], w[:1], n)[0], nce_loss(x[:1], 1, sim[:1], w[:1], n, "per_sample")[0])
+
+
+def test_tdc_defaults_are_the_official_loss_and_student_term():
+    from benchmarks import registry
+
+    hp = registry.get("tdc").hparams()
+    assert hp["nce_form"] == "official" and hp["student_softmax_dim0"] is True
+    var = registry.get("tdc").hparams("per_sample")
+    assert var["nce_form"] == "per_sample" and var["student_softmax_dim0"] is False
+
+
 def test_tdc_criterion_stages_the_update_until_apply():
     crit = TDCCriterion(3, 3, feat_dim=2, nce_k=2, nce_t=0.07, nce_m=0.5, nce_p=1).double()
     crit.contrast.reset(torch.tensor([0, 0, 1, 1, 0]), torch.Generator().manual_seed(1))
