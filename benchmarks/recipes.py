@@ -15,6 +15,15 @@ from typing import Any
 from momkd.recipe import Recipe
 
 RECIPES = ("shared", "official")
+# recipe fields that `tune` searches and `run --params` sets, next to a method's hyper-parameters
+TRAIN_PARAMS = ("lr", "weight_decay")
+
+
+def split_train_params(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model hyper-parameters, recipe overrides) of one method's parameter dict."""
+    model = {k: v for k, v in params.items() if k not in TRAIN_PARAMS}
+    train = {k: v for k, v in params.items() if k in TRAIN_PARAMS and v is not None}
+    return model, train
 FAMILIES = ("wsi", "classic_mil")
 
 

@@ -126,30 +126,35 @@ METHODS: dict[str, MethodSpec] = _table(
     MethodSpec(
         "abmil", job_cost=1.5, family="mil", build="baselines.abmil:build", config="baselines.abmil:ABMILConfig",
         recipes={"wsi": "baselines.abmil:RECIPE", "classic_mil": "baselines.abmil:CLASSIC_MIL_RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "attn_dim=64,128,256,384"),
         paper="Ilse et al., ICML 2018 (CLAM-style gated attention, Lu et al. 2021)",
         code="mahmoodlab/CLAM models/model_clam.py CLAM_SB without instance clustering",
         description="gated-attention MIL (CLAM_SB, no instance clustering)"),
     MethodSpec(
         "dsmil", job_cost=1.0, family="mil", build="baselines.dsmil:build", config="baselines.dsmil:DSMILConfig",
         recipes={"wsi": "baselines.dsmil:RECIPE", "classic_mil": "baselines.dsmil:CLASSIC_MIL_RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout_patch=0.0:0.5", "passing_v=false,true"),
         paper="Li, Li & Eliceiri, CVPR 2021",
         code="binli123/dsmil-wsi dsmil.py MILNet(FCLayer, BClassifier), train_tcga.py",
         description="dual-stream MIL: max-instance + critical-instance attention (Conv1d bag head)"),
     MethodSpec(
         "transmil", job_cost=20.9, family="mil", build="baselines.transmil:build", config="baselines.transmil:TransMILConfig",
         recipes={"wsi": "baselines.transmil:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "num_landmarks=32,64,128,256"),
         paper="Shao et al., NeurIPS 2021",
         code="szc19990412/TransMIL models/TransMIL.py + nystrom-attention 0.0.14",
         description="Nystrom transformer MIL with PPEG position encoding and a cls token"),
     MethodSpec(
         "dtfdmil", job_cost=1.8, family="mil", build="baselines.dtfdmil:build", config="baselines.dtfdmil:DTFDMILConfig",
         recipes={"wsi": "baselines.dtfdmil:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "droprate=0.0:0.5", "num_group=2,4,8"),
         paper="Zhang et al., CVPR 2022",
         code="hrzhang1123/DTFD-MIL Model/Attention.py, Model/network.py, utils.py, Main_DTFD_MIL.py",
         description="double-tier feature distillation MIL over random pseudo-bags (AFS)"),
     MethodSpec(
         "wikg", job_cost=3.0, family="mil", build="baselines.wikg:build", config="baselines.wikg:WiKGConfig",
         recipes={"wsi": "baselines.wikg:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "topk=4,6,8,12"),
         paper="Li et al., CVPR 2024",
         code="WonderLandxD/WiKG model.py, train.py",
         description="dynamic top-k graph with knowledge-aware attention (WiKG), mean readout"),
@@ -160,6 +165,7 @@ METHODS: dict[str, MethodSpec] = _table(
         # variant: the per-sample CRD loss and the intended student confidence
         variants={"per_sample": {"nce_form": "per_sample", "student_softmax_dim0": False}},
         recipes={"wsi": "baselines.tdc:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "temperature=1.0:8.0"),
         paper="TDCLoss of Xing et al. (MICCAI 2022 DC-Distill; MedIA 2024 CLAT) as shipped in the MKD code base; "
               "MoMKD's exact 'TDC' reference not found (acronym expansion uncertain)",
         code="zqb77/MICCAI25 utils/loss/CRD_criterion_v10.py, trainer/batch_kd_trainer.py; "
@@ -169,6 +175,7 @@ METHODS: dict[str, MethodSpec] = _table(
         "mkd", job_cost=4.7, family="kd", build="baselines.mkd:build", config="baselines.mkd:MKDConfig",
         needs=frozenset({"omics_train"}),
         recipes={"wsi": "baselines.mkd:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "temperature=1.0:8.0"),
         paper="Zhang et al., MICCAI 2025 (arXiv 2508.17213); journal version GMKDN (IEEE TMI)",
         code="zqb77/MICCAI25 models/online_kd.py, models/snnmil.py, trainer/online_kd_trainer.py",
         description="online KD: ABMIL student + multimodal and omics teachers, SP/KL/orthogonality/CORAL"),
@@ -176,6 +183,7 @@ METHODS: dict[str, MethodSpec] = _table(
         "ghanet", job_cost=10.1, family="kd", build="baselines.ghanet:build", config="baselines.ghanet:GHANetConfig",
         needs=frozenset({"omics_train"}),
         recipes={"wsi": "baselines.ghanet:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "recon_weight=0.03:1.0:log"),
         paper="Wang et al., IEEE TMI 2025 (arXiv 2403.10040), survival model adapted to classification",
         code="ZacharyWang-007/G-HANet models/model_coattn.py, models/model_reconstruction.py, "
              "models/hyper_attention_module.py",
@@ -193,6 +201,7 @@ METHODS: dict[str, MethodSpec] = _table(
             "ema_memory": {"memory_mode": "ema"},  # extension: true momentum (EMA) update, not in the code
         },
         recipes={"wsi": "momkd.config:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "cls_dropout=0.0:0.7", "n_memory=4:64:log", "margin=0.05:0.6"),
         paper="Guo et al., Momentum Memory for Knowledge Distillation in Computational Pathology, CVPR 2026 "
               "(arXiv 2602.21395)",
         code="CAIR-LAB-WFUSM/MoMKD models/mkd.py, utils/Mkd_train_utils.py, utils/core_utils.py, run.sh",

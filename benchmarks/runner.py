@@ -25,7 +25,7 @@ from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
 from benchmarks.protocol import FEATURE_NORMS, ProtocolConfig, load_splits, make_splits, save_splits
-from benchmarks.recipes import RECIPES, resolve as resolve_recipe
+from benchmarks.recipes import RECIPES, resolve as resolve_recipe, split_train_params
 from benchmarks.suites import Suite, load_suite
 from momkd.recipe import Recipe
 
@@ -161,9 +161,10 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
         if v != "default" and v not in spec.variants:
             plan.skipped_methods[f"{m}/{v}"] = f"variant {v!r} not registered for {m}"
             continue
-        r = resolve_recipe(spec, recipe, protocol, suite.name, suite.recipe_family, max_epochs)
+        model_over, train_over = split_train_params((overrides or {}).get(m, {}))
+        r = resolve_recipe(spec, recipe, protocol, suite.name, suite.recipe_family, max_epochs).replace(**train_over)
         plan.recipes[m] = r
-        hp = spec.hparams(v, (overrides or {}).get(m), base=r.hparams)
+        hp = spec.hparams(v, model_over, base=r.hparams)
         for s in seeds:
             for f in folds:
                 job = Job(suite.name, grid, t, m, v, f, s, hparams=hp, data_fingerprint=cohort.fingerprint,

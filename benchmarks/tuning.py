@@ -16,10 +16,13 @@ Caveat: the folds' validation parts together cover slides that are test slides o
 one parameter set chosen over all folds is not strictly nested for the later test-fold estimate;
 tune with ``--folds`` on a disjoint development cohort (or one fold) when that matters.
 
-Search space: by default it depends on the method (``DEFAULT_SPACES``: MoMKD's memory size per
-class ``n_memory`` and the alignment ``margin``); ``--param name=low:high[:log]`` adds or replaces a
-numeric range (integers when both bounds and the registry default are integers) and
-``--param name=a,b,c`` a choice list. Names are the method's registry hyper-parameters.
+Search space: by default the method's own (``MethodSpec.search_space``: the learning rate and
+weight decay of its recipe, its dropout and its main width or regulariser, e.g. MoMKD's memory size
+per class ``n_memory`` and alignment ``margin``); ``--param name=low:high[:log]`` adds or replaces a
+numeric range (integers when both bounds and the default are integers) and ``--param name=a,b,c``
+a choice list. Names are the method's registry hyper-parameters or ``lr`` / ``weight_decay``
+(the recipe's). ``--methods all`` tunes every method one after the other (one study each) and
+writes one ``best_params.json`` for all of them.
 
 Sampler: TPE, seeded per trial from (``--sampler-seed``, trial number), so one worker reproduces its
 study exactly and workers that join one study draw different candidates without coordinating.
@@ -54,14 +57,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 DEFAULT_STORAGE = "sqlite:///results/optuna.db"
-
-# Default search space per method (``--param`` syntax). MoMKD: memory size per class (official
-# run.sh memory_size 16) and the alignment margin (paper Eq. 3, 0.3), ranges around those values.
-DEFAULT_SPACES: dict[str, tuple[str, ...]] = {
-    "momkd": ("n_memory=4:64:log", "margin=0.05:0.6"),
-    "abmil": ("dropout=0.0:0.5", "attn_dim=128,256,384"),  # CLAM: dropout 0.25, attention 256 (big: 384)
-}
-
 
 # ------------------------------------------------------------------------------------------
 # Search space
@@ -141,13 +136,18 @@ def parse_param(text: str, defaults: dict[str, Any], method: str = "") -> ParamS
     return ParamSpace(name, "choice", choices=choices)
 
 
-def search_space(method: str, extra: Sequence[str] = (), use_defaults: bool = True) -> tuple[ParamSpace, ...]:
-    """The method's default space (``DEFAULT_SPACES``), then ``extra`` (same name replaces)."""
+def search_space(method: str, extra: Sequence[str] = (), use_defaults: bool = True,
+                 recipe: Any = None) -> tuple[ParamSpace, ...]:
+    """The method's default space (its spec's ``search_space``), then ``extra`` (same name replaces).
+    Names are the method's hyper-parameters or the recipe's ``lr`` / ``weight_decay``."""
     from benchmarks import registry
+    from benchmarks.recipes import TRAIN_PARAMS
+    from momkd.recipe import Recipe
 
     spec = registry.get(method)
-    defaults = spec.defaults()
-    texts = list(DEFAULT_SPACES.get(method, ())) if use_defaults else []
+    recipe = recipe or Recipe()
+    defaults = {**spec.defaults(), **{k: getattr(recipe, k) for k in TRAIN_PARAMS}}
+    texts = list(spec.search_space) if use_defaults else []
     space: dict[str, ParamSpace] = {}
     for t in [*texts, *extra]:
         p = parse_param(t, defaults, method)
@@ -179,12 +179,15 @@ class TuneConfig:
     prune_startup: int = 3  # trials completed before the median pruner may prune
     prune: bool = True
     base_params: dict[str, Any] = dataclasses.field(default_factory=dict)  # the scale preset's widths
+    recipe: str = "shared"  # "shared" | "official" (benchmarks/recipes.py)
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved recipe (empty: shared)
 
     def identity(self, data_fingerprint: str, protocol_hash: str) -> dict[str, str]:
         """Study attributes that must agree between workers joining one study."""
         return {"suite": self.suite, "method": self.method, "variant": self.variant, "task": self.task,
                 "folds": json.dumps(list(self.folds)), "seed": str(self.seed), "data": data_fingerprint,
                 "protocol": protocol_hash, "base": json.dumps(self.base_params, sort_keys=True),
+                "recipe": json.dumps(self.train, sort_keys=True, default=str) if self.train else self.recipe,
                 "space": json.dumps([dataclasses.asdict(p) for p in self.space], sort_keys=True)}
 
 
@@ -208,7 +211,7 @@ def usable_folds(splits: Sequence[Any], folds: Sequence[int]) -> tuple[list[int]
 
 
 def fold_validation_auc(cohort: Any, split: Any, cfg: TuneConfig, hparams: dict[str, Any],
-                        protocol: Any) -> dict[str, Any]:
+                        protocol: Any, recipe: Any = None) -> dict[str, Any]:
     """Train on the fold's training part, score on its validation part (engine ``fit`` + ``predict``)."""
     import numpy as np
 
@@ -230,7 +233,7 @@ def fold_validation_auc(cohort: Any, split: Any, cfg: TuneConfig, hparams: dict[
     model.to(device)
     if device.type != "cpu":
         train, val = [b.to(device) for b in train], [b.to(device) for b in val]
-    fitted = fit(model, train, val, protocol, seed, device)
+    fitted = fit(model, train, val, protocol, seed, device, recipe=recipe)
     p = predict(model, val, device, protocol)
     y = np.array([int(b.label) for b in val])
     if len(np.unique(y)) < 2:
@@ -254,14 +257,20 @@ def make_objective(cfg: TuneConfig) -> Callable[[Any], float]:
     spec = registry.get(cfg.method)
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
+    from benchmarks.recipes import shared_recipe, split_train_params
+    from momkd.recipe import Recipe
+
+    base_recipe = Recipe.from_dict(cfg.train) if cfg.train else shared_recipe(protocol)
+
     def objective(trial: "optuna.Trial") -> float:
-        overrides = {**cfg.base_params, **{p.name: p.suggest(trial) for p in cfg.space}}
-        hparams = spec.hparams(cfg.variant, overrides)
+        suggested, train = split_train_params({p.name: p.suggest(trial) for p in cfg.space})
+        hparams = spec.hparams(cfg.variant, {**cfg.base_params, **suggested}, base=base_recipe.hparams)
+        recipe = base_recipe.replace(**train)
         trial.set_user_attr("worker", worker)
         aucs: list[float] = []
         for step, f in enumerate(cfg.folds):
             t0 = time.perf_counter()
-            r = fold_validation_auc(cohort, splits[f], cfg, hparams, protocol)
+            r = fold_validation_auc(cohort, splits[f], cfg, hparams, protocol, recipe)
             aucs.append(r["auc"])
             trial.set_user_attr(f"fold{f}", {"val_auc": r["auc"], "epochs": r["epochs"],
                                              "best_epoch": r["best_epoch"],
@@ -486,7 +495,8 @@ def write_outputs(study: Any, cfg: TuneConfig, out_dir: Path) -> dict[str, Path]
 
 def read_params(path: str | Path) -> dict[str, dict[str, Any]]:
     """Per-method hyper-parameter overrides from a ``best_params.json`` (``{"params": {method:
-    {...}}}``) or a plain ``{method: {...}}`` file; unknown methods or hyper-parameters raise."""
+    {...}}}``) or a plain ``{method: {...}}`` file; unknown methods or hyper-parameters raise.
+    ``lr`` and ``weight_decay`` are recipe settings (``run`` applies them to the method's recipe)."""
     from benchmarks import registry
 
     p = Path(path)
@@ -499,8 +509,11 @@ def read_params(path: str | Path) -> dict[str, dict[str, Any]]:
     params = data.get("params", data) if isinstance(data, dict) else None
     if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
         raise ValueError(f"--params {p}: expected {{\"params\": {{method: {{name: value}}}}}}")
+    from benchmarks.recipes import split_train_params
+
     for method, hp in params.items():
-        registry.get(method).hparams("default", hp)  # raises on unknown methods / hyper-parameters
+        model_hp, _ = split_train_params(hp)
+        registry.get(method).hparams("default", model_hp)  # raises on unknown methods / hyper-parameters
     return {m: dict(hp) for m, hp in params.items()}
 
 
@@ -513,6 +526,11 @@ def add_arguments(p) -> None:
                    help="simulated cohort size (default: the suite's)")
     p.add_argument("--data", default=None, help="folder with real features, manifest and omics")
     p.add_argument("--method", default="momkd", help="registry name (default: momkd)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated registry names, or 'all': tune each in turn (one study each) and write "
+                        "one best_params.json for all of them (overrides --method)")
+    p.add_argument("--recipe", choices=("shared", "official"), default="shared",
+                   help="the training recipe tuned around (run --recipe)")
     p.add_argument("--variant", default="default", help="registered variant of the method")
     p.add_argument("--task", default=None, help="task to tune on (default: the suite's first task)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=LOW:HIGH[:log]|A,B,C",
@@ -536,16 +554,21 @@ def add_arguments(p) -> None:
     p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32")
 
 
-def config_from_args(args) -> tuple[TuneConfig, Path]:
+def config_from_args(args, method: str | None = None) -> tuple[TuneConfig, Path]:
     from benchmarks import registry
+    from benchmarks.recipes import resolve as resolve_recipe
     from benchmarks.runner import _csv_list, _sources
     from benchmarks.suites import load_suite
 
+    method = method or args.method
     suite = load_suite(args.suite)
     src, _, run_name = _sources(suite, args)
     protocol = suite.protocol_for_scale(src.scale if src.kind == "simulated" else None,
                                         {"max_epochs": args.max_epochs})
-    spec = registry.get(args.method)
+    spec = registry.get(method)
+    recipe_name = getattr(args, "recipe", "shared") or "shared"
+    recipe = resolve_recipe(spec, recipe_name, protocol, suite.name, suite.recipe_family,
+                            args.max_epochs if recipe_name != "shared" else None)
     if args.variant != "default" and args.variant not in spec.variants:
         raise ValueError(f"method {args.method} has no variant {args.variant!r}; "
                          f"known: {', '.join(spec.variant_names())}")
@@ -555,17 +578,21 @@ def config_from_args(args) -> tuple[TuneConfig, Path]:
     folds = _csv_list(args.folds, int) or list(range(protocol.n_folds))
     if any(f < 0 or f >= protocol.n_folds for f in folds):
         raise ValueError(f"--folds must be in 0..{protocol.n_folds - 1}")
-    space = search_space(args.method, args.param, use_defaults=not args.only_params)
-    study = args.study or f"{suite.name}-{args.method}-{args.variant}-{task}-{run_name}"
+    space = search_space(method, args.param, use_defaults=not args.only_params, recipe=recipe)
+    suffix = "" if recipe_name == "shared" else f"-{recipe_name}"
+    study = (args.study if args.study and not getattr(args, "methods", None)
+             else f"{args.study or suite.name}-{method}-{args.variant}-{task}-{run_name}{suffix}")
     storage = args.storage or os.environ.get("OPTUNA_STORAGE") or DEFAULT_STORAGE
-    cfg = TuneConfig(suite=suite.name, source=src, method=args.method, variant=args.variant, task=task,
+    cfg = TuneConfig(suite=suite.name, source=src, method=method, variant=args.variant, task=task,
                      folds=tuple(folds), seed=args.seed, protocol=protocol.to_dict(), space=space,
                      study=study, storage=storage, sampler_seed=args.sampler_seed,
                      base_params=suite.params_for_scale(src.scale if src.kind == "simulated" else None
-                                                        ).get(args.method, {}),
+                                                        ).get(method, {}),
                      startup_trials=args.startup_trials, prune_startup=args.prune_startup,
-                     prune=not args.no_prune)
-    out = Path(args.out) if args.out else Path("results") / suite.name / "tune" / study
+                     prune=not args.no_prune, recipe=recipe_name,
+                     train=recipe.to_dict() if recipe_name != "shared" else {})
+    root = Path(args.out) if args.out else Path("results") / suite.name / "tune"
+    out = root / study if (getattr(args, "methods", None) or not args.out) else root
     return cfg, out
 
 
@@ -588,7 +615,38 @@ def drop_undefined_folds(cfg: TuneConfig) -> TuneConfig:
 
 def main(args) -> int:
     """Tune a method's hyper-parameters on validation parts (Optuna TPE + median pruning)."""
-    cfg, out = config_from_args(args)
+    methods = getattr(args, "methods", None)
+    if not methods:
+        return tune_one(args)[0]
+    from benchmarks import registry
+    from benchmarks.jobs import atomic_write_json
+    from benchmarks.runner import _csv_list
+
+    names = list(registry.METHODS) if methods.strip() == "all" else _csv_list(methods)
+    for m in names:
+        registry.get(m)
+    merged: dict[str, Any] = {"params": {}, "studies": {}}
+    out_all = None
+    for m in names:
+        rc, rec, out = tune_one(args, m)
+        if rec is None:
+            print(f"{m}: no completed trial; left out of the merged parameters", file=sys.stderr)
+            continue
+        merged["params"][m] = rec["params"][m]
+        merged["studies"][m] = {k: rec[k] for k in ("study", "best_value", "best_trial", "n_trials", "space")}
+        out_all = out_all or out.parent / f"all-{rec['task']}{'' if args.recipe == 'shared' else '-' + args.recipe}"
+        print(f"{m}: outputs in {out}", file=sys.stderr)
+    if out_all is not None:
+        atomic_write_json(out_all / "best_params.json", merged)
+        print(f"every method's best parameters: {out_all / 'best_params.json'}\n"
+              f"use them: python -m benchmarks run --params {out_all / 'best_params.json'}"
+              f"{'' if args.recipe == 'shared' else ' --recipe ' + args.recipe}")
+    return 0
+
+
+def tune_one(args, method: str | None = None) -> tuple[int, dict[str, Any] | None, Path]:
+    """One method's study; returns (exit code, best-parameters record or None, output folder)."""
+    cfg, out = config_from_args(args, method)
     cfg = drop_undefined_folds(cfg)
     print(f"study {cfg.study} ({cfg.storage}): {cfg.method}/{cfg.variant} on {cfg.task}, folds {list(cfg.folds)}, "
           f"space: {'; '.join(p.describe() for p in cfg.space)}", file=sys.stderr)
@@ -600,11 +658,13 @@ def main(args) -> int:
         study = optimize(cfg, args.trials, args.timeout)
     wall = time.perf_counter() - t0
     written = write_outputs(study, cfg, out)
+    rec = None
     if "best_params" in written:
         rec = json.loads(written["best_params"].read_text())
-        print(f"best mean validation AUC {rec['best_value']:.4f} (trial {rec['best_trial']}): "
+        print(f"{cfg.method}: best mean validation AUC {rec['best_value']:.4f} (trial {rec['best_trial']}): "
               f"{json.dumps(rec['params'][cfg.method])}")
         print(f"trials {rec['n_trials']}; wall time {wall:.1f} s; outputs in {out}")
-        print(f"use them: python -m benchmarks run --params {written['best_params']}")
+        print(f"use them: python -m benchmarks run --params {written['best_params']}"
+              f"{'' if cfg.recipe == 'shared' else ' --recipe ' + cfg.recipe}")
     print(f"live view: optuna-dashboard {cfg.storage}", file=sys.stderr)
-    return 0
+    return 0, rec, out

@@ -48,19 +48,34 @@ def test_parse_param_ranges_choices_and_errors():
 
 
 def test_default_space_depends_on_method_and_extra_params_replace_it():
-    assert [p.name for p in tuning.search_space("abmil")] == ["dropout", "attn_dim"]
+    assert [p.name for p in tuning.search_space("abmil")] == ["lr", "weight_decay", "dropout", "attn_dim"]
     space = tuning.search_space("abmil", ["dropout=0.1:0.2", "embed_dim=256,512"])
-    assert {p.name: (p.low, p.high) for p in space if p.kind == "float"} == {"dropout": (0.1, 0.2)}
+    assert {p.name: (p.low, p.high) for p in space if p.kind == "float" and p.name == "dropout"} == {"dropout": (0.1, 0.2)}
     assert [p.name for p in tuning.search_space("abmil", ["embed_dim=256,512"], use_defaults=False)] == ["embed_dim"]
     with pytest.raises(ValueError, match="no default search space"):
-        tuning.search_space("dsmil")
-    # MoMKD's defaults are its memory size per class and its margin: real fields of its config
-    from momkd.config import MoMKDConfig
+        tuning.search_space("abmil", use_defaults=False)
+    # MoMKD's own parameters are its memory size per class and its margin: real fields of its config
+    momkd = {p.name: p.kind for p in tuning.search_space("momkd")}
+    assert momkd["n_memory"] == "int" and momkd["margin"] == "float"
 
-    fields = {f.name: f.default for f in dataclasses.fields(MoMKDConfig)}
-    momkd = [tuning.parse_param(t, fields, "momkd") for t in tuning.DEFAULT_SPACES["momkd"]]
-    assert {p.name: p.kind for p in momkd} == {"n_memory": "int", "margin": "float"}
-    assert all(p.low < fields[p.name] < p.high for p in momkd if fields[p.name] is not None)
+
+@pytest.mark.parametrize("method", list(__import__("benchmarks.registry", fromlist=["METHODS"]).METHODS))
+def test_every_method_has_a_space_with_lr_weight_decay_dropout_and_its_own_parameter(method):
+    from benchmarks import registry
+    from benchmarks.recipes import resolve
+
+    spec = registry.get(method)
+    space = {p.name: p for p in tuning.search_space(method)}
+    assert {"lr", "weight_decay"} <= set(space)
+    assert any("drop" in n for n in space), f"{method}: no dropout in its space"
+    assert len(space) >= 4, f"{method}: no parameter of its own"
+    defaults = {**spec.hparams(), "lr": resolve(spec, "official", PROTOCOL).lr,
+                "weight_decay": resolve(spec, "official", PROTOCOL).weight_decay}
+    for p in space.values():  # the official value is inside the searched range (or among the choices)
+        d = defaults[p.name]
+        if d is None:
+            continue
+        assert (p.low <= d <= p.high) if p.kind != "choice" else d in p.choices, (method, p.name, d)
 
 
 def test_folds_with_a_one_class_validation_part_are_left_out():
@@ -157,7 +172,7 @@ def test_objective_is_the_mean_validation_auc_reported_per_fold(tuned):
         aucs = [t.user_attrs[f"fold{f}"]["val_auc"] for f in cfg.folds]
         assert t.value == pytest.approx(sum(aucs) / len(aucs))
         assert t.intermediate_values == pytest.approx({0: aucs[0], 1: sum(aucs) / 2})
-        assert set(t.params) == {"dropout", "attn_dim"}
+        assert set(t.params) == {"lr", "weight_decay", "dropout", "attn_dim"}
 
 
 def test_best_params_file_feeds_run_params(tuned, tmp_path, capsys):
@@ -174,8 +189,10 @@ def test_best_params_file_feeds_run_params(tuned, tmp_path, capsys):
                  "--workers", "1", "--no-progress", "--no-tracking", "--out", str(out),
                  "--params", str(written["best_params"])]) == 0
     (job,) = [json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")]
-    for k, v in study.best_params.items():
-        assert job["job"]["hparams"][k] == v
+    for k, v in study.best_params.items():  # lr / weight decay go to the recipe, the rest to the model
+        assert (job["job"]["train"] if k in ("lr", "weight_decay") else job["job"]["hparams"])[k] == v
+    assert job["job"]["params_source"] == str(written["best_params"])
+    assert "ABMIL (tuned)" in (out / "tables" / "table1.md").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"params": {"abmil": {"dropuot": 0.1}}}))
     assert main(["run", "--scale", "tiny", "--methods", "abmil", "--no-tracking", "--params", str(bad)]) == 2
@@ -222,3 +239,20 @@ def test_two_tune_commands_join_one_study(tmp_path):
 def test_cli_rejects_an_unknown_hyper_parameter(capsys):
     assert main(["tune", "--method", "abmil", "--param", "nope=0:1", "--scale", "tiny"]) == 2
     assert "no hyper-parameter 'nope'" in capsys.readouterr().err
+
+
+def test_tune_methods_all_tunes_each_method_and_writes_one_params_file(tmp_path, capsys):
+    """`tune --methods all`: one study per method, and one best_params.json that `run --params` reads."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    rc = main(["tune", "--scale", "tiny", "--methods", "abmil,dsmil,wikg", "--task", "pr", "--folds", "0",
+               "--max-epochs", "1", "--trials", "1", "--storage", storage, "--study", "t",
+               "--out", str(tmp_path / "out")])
+    assert rc == 0
+    merged = tmp_path / "out" / "all-pr" / "best_params.json"
+    rec = json.loads(merged.read_text())
+    assert set(rec["params"]) == {"abmil", "dsmil", "wikg"}
+    assert {"lr", "weight_decay"} <= set(rec["params"]["dsmil"])
+    assert set(tuning.read_params(merged)) == {"abmil", "dsmil", "wikg"}
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    assert len(names) == 3 and all(n.startswith("t-") for n in names)
+    assert all((tmp_path / "out" / n / "trials.csv").exists() for n in names)  # each method its own folder
