@@ -169,3 +169,36 @@ def strip_figure(panels: Sequence[tuple[str, Mapping[str, tuple[str, np.ndarray]
         ax.grid(axis="y", color="0.9", zorder=0)
     fig.tight_layout()
     return fig
+
+
+def curve_figure(columns: Sequence[tuple[str, Mapping[str, tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]]]],
+                 ylabels: tuple[str, str] = ("training loss", "validation AUC")) -> Figure:
+    """Learning curves: one column per ``(title, {key: (label, per-fold training loss, per-fold
+    validation AUC)})`` (e.g. one column per recipe), training loss on top and validation AUC below;
+    each fold a thin line, the mean over the folds still training at an epoch a thick one."""
+    fig = _new((4.6 * max(1, len(columns)), 6.4))
+    for c, (title, series) in enumerate(columns):
+        for r in range(2):
+            ax = fig.add_subplot(2, len(columns), r * len(columns) + c + 1)
+            for i, (key, item) in enumerate(series.items()):
+                label, curves = item[0], item[1 + r]
+                color = _color(i, key)
+                longest = max((len(v) for v in curves), default=0)
+                for v in curves:
+                    ax.plot(np.arange(1, len(v) + 1), v, color=color, lw=0.6, alpha=0.35)
+                if longest:
+                    grid = np.full((len(curves), longest), np.nan)
+                    for k, v in enumerate(curves):
+                        grid[k, :len(v)] = v
+                    with np.errstate(all="ignore"):
+                        mean = np.nanmean(grid, axis=0)
+                    ax.plot(np.arange(1, longest + 1), mean, color=color, lw=2.0, label=label)
+            if r == 0:
+                ax.set_title(title)
+            ax.set_ylabel(ylabels[r])
+            ax.set_xlabel("epoch")
+            ax.grid(color="0.92")
+            if r == 1 and c == 0:
+                ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -5,7 +5,7 @@ Layout in MLflow: one experiment per suite (``tcga_brca``); one parent run per r
 resumed run is one parent), with the tables, figures, ``stats.csv`` and ``summary.json`` as
 artifacts; one child run per job, nested under it, with
 
-* params: method, variant, grid, task, fold, seed, suite, data fingerprint, protocol and split
+* params: method, variant, grid, task, fold, seed, suite, recipe (and its resolved fields, train.*), data fingerprint, protocol and split
   hashes, job hash, git commit, threshold, n_train/n_val/n_test and every hyper-parameter (``hp.*``);
 * metrics: ``{val,test,external}_{auc,acc,f1,bacc,auprc}``, ``best_epoch``, ``fit_s`` and, per
   epoch (step = epoch), the loss terms and validation score of the job's ``curve``
@@ -127,6 +127,10 @@ def job_payload(result: dict[str, Any]) -> Payload:
                   git_commit=_fmt(env.get("git_commit", "")), threshold=_fmt(result.get("threshold")),
                   **{k: _fmt(result.get(k)) for k in ("n_train", "n_val", "n_test")})
     params.update({f"hp.{k}": _fmt(v) for k, v in (job.get("hparams") or {}).items()})
+    params["recipe"] = _fmt(job.get("recipe", "shared"))
+    params.update({f"train.{k}": _fmt(v) for k, v in (job.get("train") or {}).items() if k != "hparams"})
+    if job.get("params_source"):
+        params["params_source"] = _fmt(job["params_source"])
     metrics: list[tuple[str, float, int]] = []
     for part in PARTS:
         for m, v in ((result.get("metrics") or {}).get(part) or {}).items():
@@ -276,7 +280,7 @@ def log_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: st
               **{f"cohort.{k}": _fmt(v) for k, v in cohort.items()}}
     _log_params_safely(cl, parent, params)
     tags = {f"bench.{k}": _fmt(summary[k]) for k in ("methods", "tasks", "grids", "folds", "seeds",
-                                                     "skipped_methods", "protocol_hash") if k in summary}
+                                                     "skipped_methods", "protocol_hash", "recipe") if k in summary}
     tags.update({f"protocol.{k}": _fmt(v) for k, v in (summary.get("protocol") or {}).items()})
     tags["mlflow.source.git.commit"] = str(first_env.get("git_commit", ""))
     for k, v in tags.items():

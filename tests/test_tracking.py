@@ -68,6 +68,8 @@ def test_run_logs_one_parent_with_nested_job_runs(store):
                (d["job"]["method"], "pr", d["job"]["fold"], d["job"]["seed"])
         assert p["data_fingerprint"] == d["job"]["data_fingerprint"] and p["git_commit"] == d["env"]["git_commit"]
         assert all(p[f"hp.{k}"] == str(v) for k, v in d["job"]["hparams"].items())
+        assert p["recipe"] == d["job"]["recipe"] == "shared"  # the recipe and its resolved fields
+        assert p["train.optimizer"] == "adamw" and float(p["train.lr"]) == d["job"]["train"]["lr"]
         for part in ("val", "test"):
             for m in ("auc", "acc", "f1"):
                 assert r.data.metrics[f"{part}_{m}"] == pytest.approx(d["metrics"][part][m])
