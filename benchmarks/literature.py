@@ -191,13 +191,12 @@ def max_over_epochs(metric: str, threshold: str, y_test: np.ndarray, per_epoch: 
     return vals[best], best
 
 
-def spread(values: pd.DataFrame, how: str) -> float:
-    """The +- of a protocol from fold values (columns ``repeat``, ``value``; fractions)."""
+def spread(values: pd.DataFrame, how: str) -> tuple[float, str]:
+    """The +- of a protocol from fold values (columns ``repeat``, ``value``; fractions), and what
+    it is: the protocol's ``how``, or ``std_folds`` when one repeat leaves no spread over repeats."""
     v = values["value"].to_numpy(dtype=float)
-    if how == "std_folds":
-        return float(np.std(v))  # numpy's population std, as train_mil.py prints
     means = values.groupby("repeat")["value"].mean().to_numpy()
-    if len(means) < 2:
-        return float("nan")
+    if how == "std_folds" or len(means) < 2:
+        return float(np.std(v)), "std_folds"  # numpy's population std, as train_mil.py prints
     sd = float(np.std(means, ddof=1))
-    return sd / np.sqrt(len(means)) if how == "sem_repeats" else sd
+    return (sd / np.sqrt(len(means)) if how == "sem_repeats" else sd), how

@@ -258,7 +258,8 @@ def summarise(cells: list[Cell], out_dir: Path) -> tuple[pd.DataFrame, list[dict
         df = pd.DataFrame(vals, columns=["repeat", "fold", "value"])
         df = df[np.isfinite(df["value"])]
         ours_mean = 100 * df["value"].mean() if len(df) else float("nan")
-        ours_std = 100 * spread(df, c.spread) if len(df) else float("nan")
+        sd, spread_used = spread(df, c.spread) if len(df) else (float("nan"), c.spread)
+        ours_std = 100 * sd
         pub = published[(published["suite"] == c.suite) & (published["method"] == c.method)
                          & (published["protocol"] == c.protocol) & (published["metric"] == c.metric)]
         pm = float(pub["mean"].iloc[0]) if len(pub) else float("nan")
@@ -268,7 +269,8 @@ def summarise(cells: list[Cell], out_dir: Path) -> tuple[pd.DataFrame, list[dict
         rows.append({"suite": c.suite, "method": c.method, "protocol": c.mode, "metric": c.metric,
                      "ours_mean": round(ours_mean, 2), "ours_std": round(ours_std, 2),
                      "published_mean": pm, "published_std": ps, "source": source, "within_std": within})
-        details.append({"cell": c, "n": len(df), "planned": len(c.jobs), "missing": missing,
+        details.append({"cell": c, "n": len(df), "planned": len(c.jobs), "missing": missing, "spread": spread_used,
+                        "repeats": int(df["repeat"].nunique()) if len(df) else 0,
                         "evidence": pub["evidence"].iloc[0] if len(pub) else "",
                         "epochs": _mean_epochs(store, c)})
     # published numbers of methods this suite does not implement (e.g. Hopfield pooling on UCSB)
@@ -328,6 +330,7 @@ def to_markdown(table: pd.DataFrame, details: list[dict[str, Any]], meta: dict[s
             c = d["cell"]
             flag = f"optimistic: {c.optimism}" if r["protocol"] == "as-published" else ""
             n = f"{d['n']}/{d['planned']}" + (f" ({d['planned'] - d['n']} failed or missing)" if d["n"] < d["planned"] else "")
+            n += f", {d['repeats']} rep." + ("" if d["spread"] == c.spread else " (± over folds)")
             within = "" if r["within_std"] is None else ("yes" if r["within_std"] else "no")
             lines.append(f"| {method_name(r['method'])} | {c.protocol} | {r['protocol']} | {r['metric']} | "
                          f"{_fmt(r['ours_mean'], r['ours_std'])} | {pub} | {within} | {n} | "

@@ -96,9 +96,11 @@ def test_fold_values_thresholds_and_spreads_by_hand():
     assert lit.fold_value("auc", "0.5", y, p) == 1.0
     assert lit.max_over_epochs("acc", "0.5", y, [[0.9, 0.9, 0.9, 0.9], p, [0.1, 0.1, 0.9, 0.9]]) == (1.0, 2)
     v = pd.DataFrame({"repeat": [0, 0, 1, 1], "value": [0.8, 1.0, 0.6, 0.8]})
-    assert lit.spread(v, "std_folds") == pytest.approx(np.std([0.8, 1.0, 0.6, 0.8]))
-    assert lit.spread(v, "std_repeats") == pytest.approx(np.std([0.9, 0.7], ddof=1))
-    assert lit.spread(v, "sem_repeats") == pytest.approx(np.std([0.9, 0.7], ddof=1) / np.sqrt(2))
+    assert lit.spread(v, "std_folds") == (pytest.approx(np.std([0.8, 1.0, 0.6, 0.8])), "std_folds")
+    assert lit.spread(v, "std_repeats") == (pytest.approx(np.std([0.9, 0.7], ddof=1)), "std_repeats")
+    assert lit.spread(v, "sem_repeats") == (pytest.approx(np.std([0.9, 0.7], ddof=1) / np.sqrt(2)), "sem_repeats")
+    one = v[v.repeat == 0]  # one repeat: no spread over repeats, the folds' std instead (and said so)
+    assert lit.spread(one, "sem_repeats") == (pytest.approx(np.std([0.8, 1.0])), "std_folds")
 
 
 # ------------------------------------------------------------------------------------------
