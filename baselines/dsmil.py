@@ -34,6 +34,19 @@ Deviations, both documented: (1) the official ``test()`` also drops patches when
 here evaluation always sees the whole bag; (2) at p = 0 the official code still permutes the rows,
 which changes outputs only by rounding (the model is permutation-invariant), so it is skipped;
 at least one patch is always kept.
+
+Initialisation (``init``; a documented deviation by default). ``train_tcga.py`` initialises every
+Linear/Conv weight orthogonally with zero biases (``"orthogonal"``); the MUSK script
+``train_mil.py`` keeps torch's defaults (``"torch"``). Orthogonal rows have norm 1, so the instance
+classifier and the Conv1d bag head, both linear in the RAW features (V is the identity), start as a
+large random read-out that a short training does not wash out. Measured (shared/investigations
+summarised in README "DSMIL"): on the simulated HER2 task the test scores after 8 epochs keep a
+Spearman correlation of 0.4-0.5 with the untrained model's, and the pooled AUC moves from 51 to
+56-67 with the init seed alone; on MUSK1 (20 folds) starting these two heads at zero adds
++8.2 +- 3.2 accuracy and +7.9 +- 2.5 AUC. The default here is ``"zero_heads"``: the official
+orthogonal init for the query network, zeros for the instance classifier and the bag head (both
+still learn from the first step: the max-instance and bag losses reach them directly). The
+official recipes set their script's init (``--recipe official``).
 """
 from __future__ import annotations
 
@@ -49,6 +62,7 @@ from momkd.contract import MILModel, Output, check_bag
 from momkd.recipe import Recipe
 
 Q_DIM = 128  # dsmil.py BClassifier: hard-coded query width
+INITS = ("orthogonal", "torch", "zero_heads")
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,7 @@ class DSMILConfig:
     dropout_patch: float = 0.0  # train_tcga.py --dropout_patch 0 (training-time patch dropout rate)
     bag_loss_weight: float = 0.5  # train_tcga.py train(): loss = 0.5*bag_loss + 0.5*max_loss
     max_loss_weight: float = 0.5  # train_tcga.py train()
-    orthogonal_init: bool = True  # train_tcga.py init_model(): apply_sparse_init (orthogonal W, zero b)
+    init: str = "zero_heads"  # "orthogonal" (train_tcga.py), "torch" (train_mil.py) or "zero_heads" (ours; docstring)
     seed: int | None = None  # patch-dropout generator; None: one draw of torch's global RNG
     single_logit: bool = False  # one output unit, target = the binary label (train_mil.py, Camelyon16 setting)
     loss_scale_neg_over_pos: bool = False  # train_mil.py: every BCE term scaled by #neg/#pos of the training bags
@@ -122,7 +136,7 @@ class DSMIL(MILModel):
 
     def __init__(self, in_dim: int, n_classes: int = 2, nonlinear: bool = True, passing_v: bool = False,
                  dropout_v: float = 0.0, dropout_patch: float = 0.0, bag_loss_weight: float = 0.5,
-                 max_loss_weight: float = 0.5, orthogonal_init: bool = True, seed: int | None = None,
+                 max_loss_weight: float = 0.5, init: str = "zero_heads", seed: int | None = None,
                  single_logit: bool = False, loss_scale_neg_over_pos: bool = False):
         super().__init__()
         n_classes = 1 if single_logit else n_classes
@@ -138,8 +152,14 @@ class DSMIL(MILModel):
         self._generator: torch.Generator | None = None
         self.i_classifier = FCLayer(in_dim, n_classes)
         self.b_classifier = BClassifier(in_dim, n_classes, dropout_v, nonlinear, passing_v)
-        if orthogonal_init:
+        if init not in INITS:
+            raise ValueError(f"dsmil: init must be one of {INITS}, got {init!r}")
+        if init in ("orthogonal", "zero_heads"):
             self.apply(_sparse_init)
+        if init == "zero_heads":  # the two linear read-outs of the raw features start at zero
+            for m in (self.i_classifier.fc[0], self.b_classifier.fcc):
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
 
     # ---- randomness -----------------------------------------------------------------------
     def reset_generator(self) -> None:
@@ -236,7 +256,7 @@ DSMIL_REPO = "binli123/dsmil-wsi@80465ed"
 RECIPE = Recipe(
     name="official", optimizer="adam", betas=(0.5, 0.9), lr=1e-4, weight_decay=1e-3, epochs=50,
     scheduler="cosine", eta_min=5e-6, grad_clip=None, monitor="val_auc_acc", patience=11, min_epochs=0,
-    balanced_sampling=False,
+    balanced_sampling=False, hparams={"init": "orthogonal"},
     sources={
         "optimizer": f"{DSMIL_REPO} train_tcga.py:L241 (Adam, betas (0.5, 0.9))",
         "lr": f"{DSMIL_REPO} train_tcga.py:L203 (1e-4)",
@@ -259,7 +279,7 @@ RECIPE = Recipe(
 CLASSIC_MIL_RECIPE = Recipe(
     name="official", optimizer="adam", betas=(0.5, 0.9), lr=2e-4, weight_decay=5e-3, epochs=40,
     scheduler="cosine", eta_min=0.0, grad_clip=None, monitor="none", patience=None, balanced_sampling=False,
-    hparams={"single_logit": True, "orthogonal_init": False, "loss_scale_neg_over_pos": True, "nonlinear": True},
+    hparams={"single_logit": True, "init": "torch", "loss_scale_neg_over_pos": True, "nonlinear": True},
     sources={
         "optimizer": f"{DSMIL_REPO} train_mil.py:L174 (Adam, betas (0.5, 0.9))",
         "lr": f"{DSMIL_REPO} train_mil.py:L115 (2e-4)",
@@ -268,7 +288,7 @@ CLASSIC_MIL_RECIPE = Recipe(
         "scheduler": f"{DSMIL_REPO} train_mil.py:L175 (CosineAnnealingLR(T_max=40, eta_min=0)), stepped L184",
         "monitor": f"{DSMIL_REPO} train_mil.py:L99-104, L166-168 (no validation split, no early stopping)",
         "single_logit": f"{DSMIL_REPO} train_mil.py:L169-171 (FCLayer(num_feats, 1), BClassifier(output_class=1))",
-        "orthogonal_init": f"{DSMIL_REPO} train_mil.py (no init call: torch defaults)",
+        "init": f"{DSMIL_REPO} train_mil.py (no init call: torch defaults)",
         "loss_scale_neg_over_pos": f"{DSMIL_REPO} train_mil.py:L106-110, L172-173 (BCEWithLogitsLoss(pos_weight) "
                                    "passes #neg/#pos positionally, as the uniform weight)",
         "loss": f"{DSMIL_REPO} train_mil.py:L52-54 (0.5 bag + 0.5 max-instance BCE)",
@@ -292,6 +312,6 @@ def from_official(state_dict: dict, input_size: int | None = None, output_class:
         raise ValueError(f"dsmil.from_official: i_classifier.fc.0.weight has shape {tuple(w.shape)}, "
                          f"config says (output_class={n_classes}, input_size={in_dim})")
     model = DSMIL(in_dim, n_classes, nonlinear=bool(nonlinear), passing_v=bool(passing_v),
-                  dropout_v=dropout_v, orthogonal_init=False)
+                  dropout_v=dropout_v, init="torch")
     model.load_state_dict(sd, strict=True)
     return model

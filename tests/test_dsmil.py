@@ -73,7 +73,8 @@ def test_dsmil_loss_rejects_bad_labels_naming_the_slide():
 @pytest.mark.parametrize("n_classes", [1, 2, 3])
 def test_dsmil_one_instance_and_gradients_everywhere(n_classes):
     torch.manual_seed(0)
-    model = build(16, None, n_classes, passing_v=True, dropout_v=0.1)  # v = Dropout-Linear-ReLU, all weights used
+    # v = Dropout-Linear-ReLU, all weights used; the official init (zero heads would give q no gradient at step 0)
+    model = build(16, None, n_classes, passing_v=True, dropout_v=0.1, init="orthogonal")
     for n in (1, 7):
         bag = make_bag(n=n, d=16, label=n_classes - 1)
         model.zero_grad()
@@ -92,7 +93,7 @@ def test_dsmil_one_instance_and_gradients_everywhere(n_classes):
 
 def test_dsmil_is_permutation_invariant_in_eval():
     torch.manual_seed(0)
-    model = build(16, None, 2).double().eval()
+    model = build(16, None, 2, init="orthogonal").double().eval()  # zero heads tie every instance at init
     bag = make_bag(n=30, d=16)
     bag.features = bag.features.double()
     perm = torch.randperm(30, generator=torch.Generator().manual_seed(1))
@@ -104,10 +105,30 @@ def test_dsmil_is_permutation_invariant_in_eval():
 
 def test_dsmil_orthogonal_init_as_train_tcga():
     torch.manual_seed(0)
-    model = build(64, None, 2)
+    model = build(64, None, 2, init="orthogonal")
     w = model.b_classifier.q[0].weight  # (128, 64): orthonormal columns
     assert torch.allclose(w.T @ w, torch.eye(64), atol=1e-5)
     assert model.b_classifier.fcc.bias.abs().sum() == 0 and model.i_classifier.fc[0].bias.abs().sum() == 0
+    fc = model.i_classifier.fc[0].weight  # (2, 64): orthonormal rows of norm 1
+    assert torch.allclose(fc @ fc.T, torch.eye(2), atol=1e-5)
+
+
+def test_dsmil_default_init_zeroes_the_two_linear_readouts_and_still_learns():
+    torch.manual_seed(0)
+    model = build(64, None, 2)  # init="zero_heads"
+    w = model.b_classifier.q[0].weight
+    assert torch.allclose(w.T @ w, torch.eye(64), atol=1e-5)  # the query network as train_tcga.py
+    for m in (model.i_classifier.fc[0], model.b_classifier.fcc):
+        assert m.weight.abs().sum() == 0 and m.bias.abs().sum() == 0
+    bag = make_bag(n=12, d=64)
+    out = model(bag)
+    model.loss(out, SimpleNamespace(**{**vars(bag), "label": 1}))["total"].backward()
+    assert model.i_classifier.fc[0].weight.grad.abs().sum() > 0 and model.b_classifier.fcc.weight.grad.abs().sum() > 0
+    torch.manual_seed(0)
+    plain = build(64, None, 2, init="torch")  # train_mil.py: torch's defaults
+    assert plain.i_classifier.fc[0].weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="init must be one of"):
+        build(64, None, 2, init="xavier")
 
 
 def _dropout_run(seed, global_seed=123, n=40, steps=3):

@@ -75,7 +75,8 @@ def test_cited_values_of_key_recipes():
     ds = official_recipe(registry.get("dsmil"), "classic_mil")
     assert (ds.optimizer, ds.betas, ds.lr, ds.weight_decay, ds.epochs, ds.scheduler, ds.eta_min) == \
         ("adam", (0.5, 0.9), 2e-4, 5e-3, 40, "cosine", 0.0)
-    assert ds.hparams["single_logit"] and ds.hparams["loss_scale_neg_over_pos"] and not ds.hparams["orthogonal_init"]
+    assert ds.hparams["single_logit"] and ds.hparams["loss_scale_neg_over_pos"] and ds.hparams["init"] == "torch"
+    assert official_recipe(registry.get("dsmil")).hparams["init"] == "orthogonal"  # train_tcga.py
     tm = official_recipe(registry.get("transmil"))
     assert (tm.optimizer, tm.decay_mask, tm.grad_accumulation, tm.monitor, tm.patience) == \
         ("lookahead_radam", "matrices", 2, "val_loss", 10)

@@ -69,11 +69,14 @@ def test_chunk_folds_leave_the_remainder_untested_as_train_mil_py():
     assert len(never) == 2 and all(never <= set(s.train) for s in splits)  # 92 mod 10, always trained on
     assert all(not s.val for s in splits)  # no validation split
     lf = lit.literature_splits(_manifest(), "y", p, "leak-free", repeat=0)
-    for a, b in zip(splits, lf):
-        assert set(a.test) == set(b.test)  # the same folds, a validation part cut from training
-        assert set(b.val) and set(b.val) <= set(a.train) and not set(b.val) & set(b.train)
+    assert [set(s.test) for s in lf] == tests  # the same folds in both modes
     other = lit.literature_splits(_manifest(), "y", p, "as-published", repeat=1)
     assert [set(s.test) for s in other] != tests  # each repeat its own shuffle
+    # a mode with a validation part cuts it from the training bags of the same folds
+    hop = lit.load_protocols()["hopfield2020"]
+    for a, b in zip(lit.literature_splits(_manifest(), "y", hop, "as-published", 0),
+                    lit.literature_splits(_manifest(), "y", hop, "leak-free", 0)):
+        assert set(a.test) == set(b.test) and set(b.val) and not set(b.val) & (set(b.train) | set(b.test))
 
 
 def test_stratified_and_kfold_schemes_test_every_bag_once():
@@ -153,8 +156,8 @@ def spied_run(tmp_path_factory):
     from benchmarks.__main__ import main
 
     try:
-        rc = main(["reproduce", "--suite", "musk1", "--methods", "dsmil", "--repeats", "1", "--max-epochs", "2",
-                   "--out", str(out), "--workers", "1", "--no-progress"])
+        rc = main(["reproduce", "--suite", "musk1,ucsb_breast", "--methods", "dsmil", "--repeats", "1",
+                   "--max-epochs", "2", "--out", str(out), "--workers", "1", "--no-progress"])
     finally:
         mp.undo()
     return rc, out, log
@@ -165,8 +168,9 @@ def test_reproduce_writes_the_requested_columns_and_flags_as_published_rows(spie
     assert rc == 0
     df = pd.read_csv(out / "reproduce.csv")
     assert list(df.columns) == rp.CSV_COLUMNS
-    assert set(df["protocol"]) == {"as-published", "leak-free"}
-    row = df[df.protocol == "leak-free"].iloc[0]
+    assert set(df["protocol"]) == {"as-published", "leak-free", "published"}  # + Hopfield's reference rows
+    assert set(df[df.protocol == "published"]["method"]) == {"hopfield_pooling", "path_encoding"}
+    row = df[(df.protocol == "leak-free") & (df.suite == "musk1")].iloc[0]
     assert (row.suite, row.method, row.metric, row.published_mean, row.published_std) == ("musk1", "dsmil", "acc", 93.2, 2.3)
     assert row.within_std == (abs(row.ours_mean - 93.2) <= 2.3)
     md = (out / "reproduce.md").read_text()
@@ -183,20 +187,24 @@ def test_leak_free_never_reads_a_test_fold_for_any_choice(spied_run):
     """Spy: while training (epoch selection), in the feature statistics and in the thresholds, a
     leak-free job touches no test slide; the as-published jobs do (the spy can see it)."""
     _, out, log = spied_run
-    seen = {"leak-free": 0, "as-published": 0}
+    seen = {("leak-free", w): 0 for w in ("predict_in_fit", "scaler_fit", "threshold_on")}
+    seen.update({("as-published", w): 0 for w in ("predict_in_fit", "scaler_fit", "threshold_on")})
+    val_monitored = 0
     for job, what, ids in log:
         mode = job.grid.split("/")[-1]
         split = rp._split(rp.split_file(out, job.suite, job.grid.split("/")[1], mode, job.seed), job.fold)
         test, val = set(split.test), set(split.val)
-        if what == "threshold_on":
-            if mode == "leak-free":  # val_youden: on the validation predictions only
-                assert ids == {len(val)}
-            continue
-        touched = ids & test
+        if what == "threshold_on":  # a threshold chosen on the test fold has one value per test bag
+            touched = ids == {len(test)} and len(val) != len(test)
+        else:
+            touched = bool(ids & test)
+            val_monitored += what == "predict_in_fit" and ids == val and mode == "leak-free"
         if mode == "leak-free":
-            assert not touched, f"{what} read test slides {sorted(touched)[:3]} in {job.label}"
-        seen[mode] += bool(touched)
-    assert seen["leak-free"] == 0 and seen["as-published"] > 0
+            assert not touched, f"{what} read test slides in {job.grid} fold {job.fold}"
+        seen[(mode, what)] += touched
+    # the spies see every kind of test-fold read where the published protocol makes it
+    assert all(seen[("as-published", w)] > 0 for w in ("predict_in_fit", "scaler_fit", "threshold_on"))
+    assert val_monitored > 0  # UCSB's leak-free mode selects on its validation part, and only there
 
 
 def test_reproduce_refuses_a_suite_without_a_literature_protocol():
