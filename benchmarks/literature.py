@@ -11,6 +11,7 @@ functions (splits, per-fold values, spreads) it needs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import tomllib
@@ -107,6 +108,12 @@ class LiteratureProtocol:
 
 
 def load_protocols(path: str | Path = PROTOCOLS_FILE) -> dict[str, LiteratureProtocol]:
+    """The protocols of a TOML file (read once per process)."""
+    return dict(_load_protocols(str(path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_protocols(path: str) -> dict[str, LiteratureProtocol]:
     raw = tomllib.loads(Path(path).read_text())
     out = {}
     for name, d in raw.items():

@@ -92,7 +92,10 @@ def mode_recipe(recipe: Recipe, proto: LiteratureProtocol, mode: str, max_epochs
 
 
 def split_file(out_dir: Path, suite: str, proto: str, mode: str, repeat: int) -> Path:
-    return Path(out_dir) / "splits" / f"{suite}_{proto}_{mode}_rep{repeat}.csv"
+    """The folds of one repeat; the protocol mode's hash in the name, so a changed protocol writes new
+    split files instead of clashing with the old ones (which its old jobs still point to)."""
+    h = load_protocols()[proto].hash(mode)
+    return Path(out_dir) / "splits" / f"{suite}_{proto}_{mode}_{h}_rep{repeat}.csv"
 
 
 _SPLITS: dict[str, Any] = {}
