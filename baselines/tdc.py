@@ -55,7 +55,8 @@ Adaptations and official quirks (documented choices)
   on the window's earlier slides so the window terms reach all 16 (teacher outputs are cached:
   frozen teachers in eval mode are deterministic). The discrepancy weights then use the re-run
   student's predictions (officially: each slide's own forward, with the weights of the window
-  start). CE is divided by ``gc`` as officially.
+  start). CE is divided by the slides the engine accumulates per step (``ce_over_window="auto"``,
+  as :mod:`baselines.mkd`): by 16 under the official recipe, not under the shared one.
 * Teachers run in eval mode in the student stage. (The MKD trainer never calls ``.eval()`` on
   the loaded teachers, so their dropout stayed on; the wiring code is missing, so this cannot be
   confirmed, and a frozen teacher with random dropout is taken as an oversight.)
@@ -112,7 +113,7 @@ class TDCConfig:
     temperature: float = 4.0  # MKD scripts --temp (CLAT --kd_T 1)
     window: int = 16  # --gc
     window_grad: str = "recompute"  # "recompute" | "current" (baselines.mkd docstring)
-    ce_over_window: bool = True  # batch_kd_trainer.py: loss / args.gc
+    ce_over_window: bool | str = "auto"  # batch_kd_trainer.py loss / args.gc; "auto": / the engine's accumulation
     student_softmax_dim0: bool = True  # batch_kd_trainer's softmax(dim=0): conf_s = 0 (False: the intended term)
     teacher_epochs: int = 0  # 0: teacher stage early-stopped on the slide teacher; > 0: fixed epochs
     nce_form: str = "official"  # ContrastLoss_v2 as written (broadcast for nce_p = 1) | "per_sample" (intended)
@@ -129,7 +130,7 @@ class TDC(MILModel):
                  attn_dim: int = 128, dropout: float = 0.25, n_gene_tokens: int = 16, fusion: str = "bilinear",
                  fusion_scale: int = 8, feat_dim: int = 128, nce_k: int = 4, nce_p: int = 1, nce_t: float = 0.07,
                  nce_m: float = 0.5, max_discrep: float = 1.0, temperature: float = 4.0, window: int = 16,
-                 window_grad: str = "recompute", ce_over_window: bool = True, student_softmax_dim0: bool = True,
+                 window_grad: str = "recompute", ce_over_window: bool | str = "auto", student_softmax_dim0: bool = True,
                  teacher_epochs: int = 0, nce_form: str = "official"):
         super().__init__()
         if not omics_dim:
@@ -151,7 +152,11 @@ class TDC(MILModel):
         self.max_discrep = float(max_discrep)
         self.temperature = float(temperature)
         self.window_grad = window_grad
-        self.ce_scale = 1.0 / window if ce_over_window else 1.0
+        if ce_over_window not in (True, False, "auto"):
+            raise ValueError(f"{type(self).__name__.lower()}: ce_over_window must be True, False or 'auto', "
+                             f"got {ce_over_window!r}")
+        self.ce_over_window = ce_over_window
+        self.ce_scale = 1.0 / window if ce_over_window is True else 1.0
         self.student_softmax_dim0 = bool(student_softmax_dim0)
         self.teacher_epochs = int(teacher_epochs)
         self._window = KDWindow(window)
@@ -321,6 +326,15 @@ class TDC(MILModel):
         self._gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         for c in self.criteria.values():
             c.contrast.reset(labels, self._gen)
+
+    def set_accumulation(self, slides_per_step: int) -> None:
+        """``ce_over_window="auto"``: each slide's CE is divided by the slides one optimizer step
+        accumulates, as the official ``loss / gc`` with its gc-slide accumulation (official recipe:
+        / 16); with one step per slide (the shared recipe) the CE counts fully. Dividing it by 16
+        while stepping every slide made the CE steps 16x smaller than the window steps, which Adam's
+        normalisation then sizes alike: the student's CE barely fell in 8 epochs (README)."""
+        if self.ce_over_window == "auto":
+            self.ce_scale = 1.0 / max(1, int(slides_per_step))
 
     def on_epoch_start(self, epoch: int) -> None:
         self._window.clear()

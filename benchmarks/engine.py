@@ -236,6 +236,8 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
             model.on_fit_start(list(train_bags))
         params = (model.trainable_parameters() if hasattr(model, "trainable_parameters")
                   else [p for p in model.parameters() if p.requires_grad])
+        if hasattr(model, "set_accumulation"):
+            model.set_accumulation(accum)
         opt = make_optimizer(params, recipe, model)
         sched = build_scheduler(opt, recipe, max_epochs)
         best_score, best_loss, best_state, since_best = -math.inf, math.inf, None, 0

@@ -85,6 +85,10 @@ class MILModel(nn.Module):
     def on_step_end(self) -> None:
         """Called after each optimizer step."""
 
+    def set_accumulation(self, slides_per_step: int) -> None:
+        """Called by the engine before each stage: how many slides each optimizer step accumulates
+        (1 unless the recipe accumulates gradients). Losses defined per window of slides use it."""
+
     def stage_options(self, stage: str) -> dict:
         """Per-stage engine options, e.g. ``{"max_epochs": 20, "early_stopping": False}`` for a
         teacher pre-training stage. Empty: the protocol's defaults."""

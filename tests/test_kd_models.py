@@ -180,14 +180,24 @@ def test_mkd_window_terms_match_the_official_batch_and_reach_every_slide():
     assert not torch.allclose(grads["recompute"], grads["current"], atol=1e-6)
 
 
-def test_mkd_window_resets_each_epoch_and_ce_is_divided_by_the_window():
+def test_mkd_window_resets_each_epoch_and_ce_is_divided_by_the_accumulation():
     train = bags(4)
     m = model("mkd")
     m.train()
     m.on_fit_start(train)
+    terms = m.loss(m(train[0]), train[0])  # "auto", one slide per step: the CE counts fully
+    ce = terms["ce_student"] + terms["ce_multimodal"] + terms["ce_omics"]
+    assert torch.allclose(terms["total"], ce)
+    m.set_accumulation(3)  # the official recipe: one step per window of 3 slides, CE / 3 per slide
+    m.on_epoch_start(0)
     terms = m.loss(m(train[0]), train[0])
     ce = terms["ce_student"] + terms["ce_multimodal"] + terms["ce_omics"]
     assert torch.allclose(terms["total"], ce / 3)
+    fixed = model("mkd", ce_over_window=True)  # the old fixed division, whatever the engine does
+    fixed.on_fit_start(train)
+    fixed.set_accumulation(1)
+    t = fixed.loss(fixed(train[0]), train[0])
+    assert torch.allclose(t["total"], (t["ce_student"] + t["ce_multimodal"] + t["ce_omics"]) / 3)
     m.loss(m(train[1]), train[1])
     m.on_epoch_start(1)
     assert len(m._window) == 0

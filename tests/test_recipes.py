@@ -192,6 +192,19 @@ def test_gradient_accumulation_steps_every_k_slides(partial, steps):
     assert m.steps == steps
 
 
+def test_engine_tells_the_model_its_accumulation_before_each_stage():
+    class Told(_Counter):
+        told: list = []
+
+        def set_accumulation(self, k):
+            self.told.append(k)
+
+    m = Told()
+    fit(m, _bags(6, 0), [], PROTO, seed=0, recipe=Recipe(epochs=1, grad_accumulation=4, monitor="none"))
+    fit(m, _bags(6, 0), [], PROTO, seed=0, recipe=Recipe(epochs=1, monitor="none"))
+    assert m.told == [4, 1]
+
+
 def test_accumulated_step_equals_one_step_on_the_mean_loss():
     bags = _bags(4, 0)
     r = Recipe(optimizer="sgd", lr=0.1, weight_decay=0.0, epochs=1, scheduler="none", grad_accumulation=4,
