@@ -177,12 +177,13 @@ def curve_figure(columns: Sequence[tuple[str, Mapping[str, tuple[str, Sequence[n
     validation AUC)})`` (e.g. one column per recipe), training loss on top and validation AUC below;
     each fold a thin line, the mean over the folds still training at an epoch a thick one."""
     fig = _new((4.6 * max(1, len(columns)), 6.4))
+    keys = list(dict.fromkeys(k for _, series in columns for k in series))  # one colour per method everywhere
     for c, (title, series) in enumerate(columns):
         for r in range(2):
             ax = fig.add_subplot(2, len(columns), r * len(columns) + c + 1)
-            for i, (key, item) in enumerate(series.items()):
+            for key, item in series.items():
                 label, curves = item[0], item[1 + r]
-                color = _color(i, key)
+                color = _color(keys.index(key), key)
                 longest = max((len(v) for v in curves), default=0)
                 for v in curves:
                     ax.plot(np.arange(1, len(v) + 1), v, color=color, lw=0.6, alpha=0.35)
@@ -198,7 +199,7 @@ def curve_figure(columns: Sequence[tuple[str, Mapping[str, tuple[str, Sequence[n
             ax.set_ylabel(ylabels[r])
             ax.set_xlabel("epoch")
             ax.grid(color="0.92")
-            if r == 1 and c == 0:
+            if r == 1:
                 ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
