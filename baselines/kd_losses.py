@@ -339,3 +339,26 @@ class KDWindow:
 
     def clear(self) -> None:
         self.items.clear()
+
+
+class WindowCE:
+    """The per-slide CE scale of a method whose loss is defined over a window of slides (MKD, TDC).
+
+    The official trainers divide each slide's CE by the window ``gc`` and step once per window
+    (``loss / gc`` with gc-slide accumulation). ``ce_over_window``: True divides by the window
+    always, False never, ``"auto"`` by the slides the engine accumulates per optimizer step
+    (:meth:`set_accumulation`, called by the engine before each stage): by 16 under the official
+    recipe, not under the shared one-slide steps. Dividing by 16 while stepping every slide made each
+    CE step 16x smaller than the window steps, which Adam's normalisation then sized alike: the
+    students' CE hardly fell in 8 epochs (README, "Why the distillation baselines trail ABMIL")."""
+
+    def init_ce_scale(self, ce_over_window: bool | str, window: int) -> None:
+        if ce_over_window not in (True, False, "auto"):
+            raise ValueError(f"{type(self).__name__.lower()}: ce_over_window must be True, False or 'auto', "
+                             f"got {ce_over_window!r}")
+        self.ce_over_window = ce_over_window
+        self.ce_scale = 1.0 / window if ce_over_window is True else 1.0
+
+    def set_accumulation(self, slides_per_step: int) -> None:
+        if self.ce_over_window == "auto":
+            self.ce_scale = 1.0 / max(1, int(slides_per_step))

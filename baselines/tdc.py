@@ -87,7 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.kd_losses import NCE_FORMS, KDWindow, TDCCriterion, discrepancy_weights, distill_kl
+from baselines.kd_losses import NCE_FORMS, KDWindow, TDCCriterion, WindowCE, discrepancy_weights, distill_kl
 from baselines.mkd import WINDOW_GRAD_MODES, ABMILNet, PathOmicTeacher, SNNMILNet, check_omics
 from baselines.omics_utils import GeneTokenizer
 from momkd.contract import MILModel, Output, bag_label, check_bag
@@ -119,7 +119,7 @@ class TDCConfig:
     nce_form: str = "official"  # ContrastLoss_v2 as written (broadcast for nce_p = 1) | "per_sample" (intended)
 
 
-class TDC(MILModel):
+class TDC(WindowCE, MILModel):
     """Offline distillation: three frozen teachers -> slide-only ABMIL student (stages
     ``teachers`` then ``student``). ``forward`` returns the slide teacher's logits in the teacher
     stage and the student's in the student stage; omics never change them."""
@@ -152,11 +152,7 @@ class TDC(MILModel):
         self.max_discrep = float(max_discrep)
         self.temperature = float(temperature)
         self.window_grad = window_grad
-        if ce_over_window not in (True, False, "auto"):
-            raise ValueError(f"{type(self).__name__.lower()}: ce_over_window must be True, False or 'auto', "
-                             f"got {ce_over_window!r}")
-        self.ce_over_window = ce_over_window
-        self.ce_scale = 1.0 / window if ce_over_window is True else 1.0
+        self.init_ce_scale(ce_over_window, window)
         self.student_softmax_dim0 = bool(student_softmax_dim0)
         self.teacher_epochs = int(teacher_epochs)
         self._window = KDWindow(window)
@@ -326,15 +322,6 @@ class TDC(MILModel):
         self._gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         for c in self.criteria.values():
             c.contrast.reset(labels, self._gen)
-
-    def set_accumulation(self, slides_per_step: int) -> None:
-        """``ce_over_window="auto"``: each slide's CE is divided by the slides one optimizer step
-        accumulates, as the official ``loss / gc`` with its gc-slide accumulation (official recipe:
-        / 16); with one step per slide (the shared recipe) the CE counts fully. Dividing it by 16
-        while stepping every slide made the CE steps 16x smaller than the window steps, which Adam's
-        normalisation then sizes alike: the student's CE barely fell in 8 epochs (README)."""
-        if self.ce_over_window == "auto":
-            self.ce_scale = 1.0 / max(1, int(slides_per_step))
 
     def on_epoch_start(self, epoch: int) -> None:
         self._window.clear()
