@@ -72,9 +72,12 @@ def build_optimizer(named: Sequence[tuple[str, torch.nn.Parameter]], recipe: Rec
             return cls(groups, lr=r.lr, betas=r.betas, fused=True)
         except (RuntimeError, TypeError, ValueError):
             return cls(groups, lr=r.lr, betas=r.betas)
+    # foreach (multi-tensor) kernels: torch picks them only for CUDA tensors; on CPU they halve the
+    # optimiser step (TransMIL's RAdam on a 5-instance MUSK bag: 34 -> 15 ms; same update up to
+    # float rounding, 2e-7 after 20 RAdam steps, identical for SGD)
     if r.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov)
-    radam = torch.optim.RAdam(groups, lr=r.lr, betas=r.betas, decoupled_weight_decay=True)
+        return torch.optim.SGD(groups, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, foreach=True)
+    radam = torch.optim.RAdam(groups, lr=r.lr, betas=r.betas, decoupled_weight_decay=True, foreach=True)
     if r.optimizer == "radam":
         return radam
     return Lookahead(radam, r.lookahead_alpha, r.lookahead_k)
