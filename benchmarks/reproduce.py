@@ -311,7 +311,8 @@ def to_markdown(table: pd.DataFrame, details: list[dict[str, Any]], meta: dict[s
     lines = ["# Reproducing published classic-MIL numbers", "",
              f"Command: `{meta['command']}`  ",
              f"Recipe: {meta['recipe']}; wall time {meta['wall_s'] / 60:.1f} min on {meta['machine']}; "
-             f"code {meta['git_commit'] or 'unknown'}.", "",
+             f"code {meta['git_commit'] or 'unknown'}; {meta['n_ran']} of {meta['n_jobs']} jobs trained by this "
+             "invocation, the rest reused from earlier ones (the wall time covers only this invocation).", "",
              "Values in %. **As published** rows repeat the paper's own choices and are **optimistic** (the "
              "reason is given in each row); **leak-free** rows make every choice on a validation part and fit "
              "every statistic on training bags. *within std*: |ours - published| <= published std. "

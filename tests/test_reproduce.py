@@ -177,6 +177,8 @@ def test_reproduce_writes_the_requested_columns_and_flags_as_published_rows(spie
     pub_line = next(line for line in md.splitlines() if "| as-published |" in line)
     assert "optimistic: best epoch chosen on the test fold" in pub_line
     assert "optimistic" not in next(line for line in md.splitlines() if "| leak-free |" in line)
+    n_jobs = 2 * 2 * 10  # 2 suites x 2 modes x 10 folds, one repeat, all trained by this fresh run
+    assert f"{n_jobs} of {n_jobs} jobs trained by this invocation" in md
     for f in (out / "jobs").glob("*.json"):
         d = json.loads(f.read_text())
         assert bool(d["literature"]["optimistic"]) == (d["literature"]["mode"] == "as-published")
