@@ -19,29 +19,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.jobs import canonical_variant
+
 
 def load_curves(run_dir: str | Path, task: str, methods: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """method -> one record per fold: the last stage's rows, best epoch and test AUC."""
-    jobs = Path(run_dir) / "jobs"
-    if not jobs.is_dir():
-        raise FileNotFoundError(f"{jobs}: no jobs folder; pass a run directory written by `run`")
+    from benchmarks.jobs import load_planned
+
     out: dict[str, list[dict[str, Any]]] = {}
-    for f in sorted(jobs.glob("*.json")):
-        try:
-            d = json.loads(f.read_text())
-        except (OSError, ValueError):
-            print(f"warning: {f}: unreadable job file, skipped", file=sys.stderr)
+    for pj in load_planned(Path(run_dir)):  # the run's own jobs only
+        e, d = pj.entry, pj.data
+        if d is None:
+            if pj.problem != "missing" or e.get("task") == task:
+                print(f"warning: {pj.path}: planned job {pj.label} is {pj.problem}, skipped", file=sys.stderr)
             continue
         job = d.get("job", {})
-        if d.get("status") != "ok" or job.get("task") != task or job.get("variant", "default") != "default":
+        if e["task"] != task or e["variant"] != canonical_variant(e["method"], None):
             continue
-        if methods and job.get("method") not in methods:
+        if methods and e["method"] not in methods:
             continue
         rows = d.get("curve") or []
         last = rows[-1]["stage"] if rows else None
         rows = [r for r in rows if r.get("stage") == last]
-        out.setdefault(job["method"], []).append({
-            "fold": job.get("fold"), "seed": job.get("seed"), "rows": rows, "best_epoch": d.get("best_epoch"),
+        out.setdefault(e["method"], []).append({
+            "fold": e["fold"], "seed": e["seed"], "rows": rows, "best_epoch": d.get("best_epoch"),
             "test_auc": ((d.get("metrics") or {}).get("test") or {}).get("auc"),
             "recipe": job.get("recipe", "shared")})
     return out

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats as st
+from .jobs import canonical_variant  # noqa: F401  (re-exported: report.canonical_variant)
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
 DASH = "–"
@@ -89,92 +90,92 @@ def method_name(key: str) -> str:
     return METHOD_NAMES.get(key, key)
 
 
-def canonical_variant(method: str, variant: str | None) -> str:
-    """MoMKD's ``default`` variant is ``full``; ``None`` is ``default``."""
-    v = variant or "default"
-    return "full" if method == CONTROL[0] and v == "default" else v
 
 
 # ------------------------------------------------------------------------------------------
 # Loading
 # ------------------------------------------------------------------------------------------
 def load_results(run_dir: str | Path, provenance: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Read ``<run_dir>/jobs/*.json`` into two long DataFrames.
+    """Read the run's planned jobs (``<run_dir>/plan.json``, benchmarks/jobs.py) into two long DataFrames.
 
     metrics: [method, variant, task, metric, split, fold, seed, value, n_train, n_test], value a
       fraction in [0, 1]; one row per job x split x metric (``n_train``/``n_test`` are the job's,
       needed by the corrected t-test).
     predictions: [method, variant, task, split, fold, seed, slide_id, case_id, y, p].
-    Jobs whose status is not ``ok`` are skipped; an unreadable file is skipped with a warning
-    naming it. Two jobs with the same (method, variant, task, fold, seed), e.g. MoMKD ``default``
-    and ``full``, count once (``full`` kept).
+    Only the jobs the run planned are read: other files in ``jobs/`` (another run's settings) are
+    never mixed in. A planned job that failed, is missing or unreadable is left out of the frames,
+    named in a warning and listed in ``provenance["problems"]``.
 
     ``provenance`` (a dict, filled in place): ``recipes`` {recipe: number of jobs}, ``recipe_summary``
-    {method: one line}, ``tuned`` {method: the ``--params`` file}. A folder whose jobs were trained
-    with different recipes is refused: one table never mixes them.
+    {method: one line}, ``tuned`` {method: the ``--params`` file}, ``coverage`` {(method, variant,
+    task): (finished, planned)}, ``problems`` [PlannedJob]. A plan whose jobs were trained with
+    different recipes is refused: one table never mixes them.
     """
-    jobs_dir = Path(run_dir) / "jobs"
-    if not jobs_dir.is_dir():
-        raise FileNotFoundError(f"{jobs_dir}: no jobs folder; pass a run directory written by "
-                                "`python -m benchmarks run` (it holds jobs/<hash>.json)")
-    records = []
-    for f in sorted(jobs_dir.glob("*.json")):
-        try:
-            d = json.loads(f.read_text())
-        except (OSError, ValueError) as e:
-            warnings.warn(f"{f}: unreadable job result ({e}); skipped", stacklevel=2)
-            continue
-        if d.get("status", "ok") != "ok":
-            continue
-        job = d.get("job") or {}
-        missing = [k for k in ("method", "task", "fold") if job.get(k) is None]
-        if missing:
-            warnings.warn(f"{f}: job lacks {missing}; skipped", stacklevel=2)
-            continue
-        if provenance is not None:
-            rec = job.get("recipe") or "shared"
-            provenance.setdefault("recipes", {})[rec] = provenance.get("recipes", {}).get(rec, 0) + 1
-            if job.get("train"):
-                provenance.setdefault("recipe_summary", {})[job["method"]] = _recipe_line(job["train"])
-            if job.get("params_source"):
-                provenance.setdefault("tuned", {})[job["method"]] = job["params_source"]
-        raw_variant = job.get("variant") or "default"
-        variant = canonical_variant(job["method"], raw_variant)
-        records.append({"method": job["method"], "variant": variant, "task": job["task"],
-                        "fold": int(job["fold"]), "seed": int(job.get("seed") or 0),
-                        "_prio": 0 if raw_variant == variant else 1, "_file": f.name, "_d": d})
-    if provenance is not None and len(provenance.get("recipes", {})) > 1:
-        raise ValueError(f"{jobs_dir}: jobs trained with different recipes {provenance['recipes']}; a table "
-                         "never mixes them. Keep one recipe per run folder (run --recipe ... --out DIR).")
-    records.sort(key=lambda r: (r["_prio"], r["_file"]))
-    seen: set[tuple] = set()
+    from benchmarks.jobs import load_planned
+
+    planned = load_planned(Path(run_dir))
+    prov: dict[str, Any] = provenance if provenance is not None else {}
+    coverage: dict[tuple[str, str, str], list[int]] = {}
+    problems = []
     mrows, prows = [], []
-    for r in records:
-        key = tuple(r[k] for k in _JOB_KEY)
-        if key in seen:
+    for pj in planned:
+        e = pj.entry
+        cov = coverage.setdefault((e["method"], e["variant"], e["task"]), [0, 0])
+        cov[1] += 1
+        if pj.data is None:
+            problems.append(pj)
             continue
-        seen.add(key)
-        d = r["_d"]
-        ident = {k: r[k] for k in _JOB_KEY}
-        n_train, n_test = d.get("n_train"), d.get("n_test")
-        for split, ms in (d.get("metrics") or {}).items():
-            for metric, v in (ms or {}).items():
-                if v is None:
-                    continue
-                mrows.append({**ident, "metric": metric, "split": split, "value": float(v),
-                              "n_train": np.nan if n_train is None else float(n_train),
-                              "n_test": np.nan if n_test is None else float(n_test)})
-        for split, plist in (d.get("predictions") or {}).items():
-            for p in plist or []:
-                prows.append({**ident, "split": split, "slide_id": str(p["slide_id"]),
-                              "case_id": str(p.get("case_id", p["slide_id"])), "y": int(p["y"]),
-                              "p": float(p["p"])})
+        d = pj.data
+        try:
+            rows = _job_rows(e, d)
+        except (KeyError, TypeError, ValueError) as err:
+            pj.problem, pj.detail = "unreadable", f"bad metric or prediction ({type(err).__name__}: {err})"
+            problems.append(pj)
+            continue
+        cov[0] += 1
+        mrows += rows[0]
+        prows += rows[1]
+        job = d.get("job") or {}
+        rec = job.get("recipe") or "shared"
+        prov.setdefault("recipes", {})[rec] = prov.get("recipes", {}).get(rec, 0) + 1
+        if job.get("train"):
+            prov.setdefault("recipe_summary", {})[e["method"]] = _recipe_line(job["train"])
+        if job.get("params_source"):
+            prov.setdefault("tuned", {})[e["method"]] = job["params_source"]
+    for pj in problems:
+        if pj.problem != "failed":
+            warnings.warn(f"{pj.path}: planned job {pj.label} is {pj.problem} ({pj.detail}); left out of the tables",
+                          stacklevel=2)
+    prov["coverage"] = {k: tuple(v) for k, v in coverage.items()}
+    prov["problems"] = problems
+    if len(prov.get("recipes", {})) > 1:
+        raise ValueError(f"{run_dir}: jobs trained with different recipes {prov['recipes']}; a table "
+                         "never mixes them. Keep one recipe per run folder (run --recipe ... --out DIR).")
     metrics = pd.DataFrame(mrows, columns=METRIC_COLUMNS)
     preds = pd.DataFrame(prows, columns=PRED_COLUMNS)
     for df in (metrics, preds):
         df["fold"] = df["fold"].astype(int)
         df["seed"] = df["seed"].astype(int)
     return metrics, preds
+
+
+def _job_rows(entry: dict[str, Any], d: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """Metric and prediction rows of one finished job; a non-numeric value raises (named by the caller)."""
+    ident = {k: entry[k] for k in _JOB_KEY}
+    n_train, n_test = d.get("n_train"), d.get("n_test")
+    mrows, prows = [], []
+    for split, ms in (d.get("metrics") or {}).items():
+        for metric, v in (ms or {}).items():
+            if v is None:
+                continue
+            mrows.append({**ident, "metric": metric, "split": split, "value": float(v),
+                          "n_train": np.nan if n_train is None else float(n_train),
+                          "n_test": np.nan if n_test is None else float(n_test)})
+    for split, plist in (d.get("predictions") or {}).items():
+        for p in plist or []:
+            prows.append({**ident, "split": split, "slide_id": str(p["slide_id"]),
+                          "case_id": str(p.get("case_id", p["slide_id"])), "y": int(p["y"]), "p": float(p["p"])})
+    return mrows, prows
 
 
 def _recipe_line(train: dict[str, Any]) -> str:
@@ -214,6 +215,38 @@ def annotate_provenance(tables: Sequence["Table"], provenance: dict[str, Any]) -
                 sorted({f"{tuned[m]}" for m in tuned})) + " (`tune` on validation parts), not the defaults.")
 
 
+def annotate_coverage(tables: Sequence["Table"], provenance: dict[str, Any], max_listed: int = 12) -> None:
+    """Show what failed: a cell built from fewer jobs than planned reads ``71.2 ± 3.1 (4/5)``, a
+    method whose jobs all failed keeps its row in Tables 1-2 marked ``failed``, and a footnote
+    names every planned job without a result and why (Table 1: all of them)."""
+    coverage = provenance.get("coverage", {})
+    problems = provenance.get("problems", [])
+    for t in tables:
+        hit: set[tuple[str, str, str]] = set()
+        for r in t.rows:
+            if r.kind != "ours":
+                continue
+            for c in r.cells:
+                if c.key is None:
+                    continue
+                cov = coverage.get(tuple(c.key[:3]))
+                if cov and cov[0] < cov[1]:
+                    c.coverage = f" ({cov[0]}/{cov[1]})"
+                    hit.add(tuple(c.key[:3]))
+        for r in t.rows:  # no planned job of the row finished: the method failed
+            arms = {tuple(c.key[:3]) for c in r.cells if c.key is not None and tuple(c.key[:3]) in coverage}
+            if r.kind == "ours" and arms and all(coverage[a][0] == 0 for a in arms):
+                r.labels[0] += " (failed)"
+        listed = [p for p in problems if t.name == "table1" and p.entry["grid"] == "cv"
+                  or tuple(p.entry[k] for k in ("method", "variant", "task")) in hit]
+        if listed:
+            items = [f"{p.label}: {p.problem} ({p.detail.splitlines()[0][:160] if p.detail else ''})"
+                     for p in listed[:max_listed]]
+            more = f"; and {len(listed) - max_listed} more" if len(listed) > max_listed else ""
+            t.notes.append("(k/n): built from k of the n planned folds x seeds; planned jobs without a result: "
+                           + "; ".join(items) + more + ". Rerun the same command to retry them.")
+
+
 def load_paper(paper_dir: str | Path | None = None) -> pd.DataFrame:
     """The published numbers (``results/paper/table*.csv``), in %; empty if the folder is missing."""
     d = Path(paper_dir) if paper_dir is not None else PAPER_DIR
@@ -239,6 +272,7 @@ class Cell:
     style: str = ""
     kind: str = "value"
     key: tuple | None = None    # (method, variant, task, split, metric) of a reproduced cell
+    coverage: str = ""          # " (4/5)" when built from fewer jobs than the run planned
 
     @property
     def empty(self) -> bool:
@@ -246,12 +280,12 @@ class Cell:
 
     def text(self, pm: str = " ± ") -> str:
         if self.empty:
-            return DASH
+            return DASH + self.coverage
         if self.kind == "diff":
             return f"{self.mean:+.1f}"
         if self.n > 1 and np.isfinite(self.std):
-            return f"{self.mean:.1f}{pm}{self.std:.1f}"
-        return f"{self.mean:.1f}"
+            return f"{self.mean:.1f}{pm}{self.std:.1f}{self.coverage}"
+        return f"{self.mean:.1f}{self.coverage}"
 
 
 @dataclass
@@ -567,10 +601,12 @@ _SIG_NOTE = (f"{DAGGER_T}: MoMKD differs from this entry (corrected resampled t-
 
 
 def _method_table(ix: _Index, paper: pd.DataFrame | None, *, name: str, number: int, title: str,
-                  caption: str, tasks: Sequence[str], split: str, group_names: Sequence[str]) -> Table:
-    """Tables 1 and 2: methods (default variant; MoMKD full) x tasks x {AUC, ACC, F1}."""
-    present = [arm for arm in ix.arms(split, tasks)
-               if arm[1] == ("full" if arm[0] == CONTROL[0] else "default")]
+                  caption: str, tasks: Sequence[str], split: str, group_names: Sequence[str],
+                  planned: Iterable[tuple[str, str, str]] = ()) -> Table:
+    """Tables 1 and 2: methods (default variant; MoMKD full) x tasks x {AUC, ACC, F1}. ``planned``
+    (method, variant, task) arms keep their row even when none of their jobs finished."""
+    present = sorted(set(ix.arms(split, tasks)) | {(m, v) for m, v, t in planned if t in tasks})
+    present = [arm for arm in present if arm[1] == ("full" if arm[0] == CONTROL[0] else "default")]
     methods = _method_order(m for m, _ in present)
     lookup = _paper_lookup(paper, number) if paper is not None else {}
     if paper is not None:
@@ -603,10 +639,12 @@ def _method_table(ix: _Index, paper: pd.DataFrame | None, *, name: str, number: 
 # The four tables
 # ------------------------------------------------------------------------------------------
 def table1(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None, *, paper: bool = False,
-           paper_dir: str | Path | None = None) -> Table:
-    """Table 1: internal cross-validation, methods x {HER2, PR, ODX} x {AUC, ACC, F1} (test folds)."""
+           paper_dir: str | Path | None = None, planned: Iterable[tuple[str, str, str]] = ()) -> Table:
+    """Table 1: internal cross-validation, methods x {HER2, PR, ODX} x {AUC, ACC, F1} (test folds).
+    ``planned``: the run's (method, variant, task) arms, shown even when every job of one failed."""
     ix = _Index(metrics, predictions)
-    present = set(metrics.loc[metrics["split"] == "test", "task"])
+    planned = list(planned)
+    present = set(metrics.loc[metrics["split"] == "test", "task"]) | {t for _, _, t in planned}
     # the paper's three tasks whenever any is present; other suites (MUSK, UCSB) show only theirs
     paper_tasks = list(TASKS) if (present & set(TASKS)) or not present else []
     tasks = paper_tasks + sorted(present - set(TASKS))
@@ -614,7 +652,7 @@ def table1(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None, *, pa
         ix, load_paper(paper_dir) if paper else None, name="table1", number=1,
         title="Table 1: Internal comparison (cross-validation test folds)",
         caption="Mean ± std over folds x seeds (%). Bold: best; underlined: second best.",
-        tasks=tasks, split="test", group_names=[TASK_NAMES.get(t, t) for t in tasks])
+        tasks=tasks, split="test", group_names=[TASK_NAMES.get(t, t) for t in tasks], planned=planned)
 
 
 def table2(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None, *, paper: bool = False,
@@ -791,8 +829,10 @@ def make_figures(metrics: pd.DataFrame, preds: pd.DataFrame, out_dir: str | Path
 
 
 def build_tables(metrics: pd.DataFrame, preds: pd.DataFrame | None = None, *, paper: bool = False,
-                 paper_dir: str | Path | None = None) -> list[Table]:
-    return [f(metrics, preds, paper=paper, paper_dir=paper_dir) for f in TABLES.values()]
+                 paper_dir: str | Path | None = None, planned: Iterable[tuple[str, str, str]] = ()) -> list[Table]:
+    """The four tables; ``planned`` arms (the run's plan) keep their Table 1 row if all their jobs failed."""
+    return [f(metrics, preds, paper=paper, paper_dir=paper_dir, **({"planned": planned} if f is table1 else {}))
+            for f in TABLES.values()]
 
 
 FORMATS = ("md", "tex", "csv", "html")
@@ -813,8 +853,9 @@ def write_all(run_dir: str | Path, formats: Sequence[str] = FORMATS, paper: bool
     run = Path(run_dir)
     provenance: dict[str, Any] = {}
     metrics, preds = load_results(run, provenance)
-    tables = build_tables(metrics, preds, paper=paper, paper_dir=paper_dir)
+    tables = build_tables(metrics, preds, paper=paper, paper_dir=paper_dir, planned=provenance.get("coverage", {}))
     annotate_provenance(tables, provenance)
+    annotate_coverage(tables, provenance)
     diffs = [diff_table(t, paper_dir) for t in tables] if diff else []
     tdir = run / "tables"
     tdir.mkdir(parents=True, exist_ok=True)

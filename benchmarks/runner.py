@@ -23,7 +23,7 @@ from benchmarks import registry
 from benchmarks.executors import EXECUTORS, run_jobs
 from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
-from benchmarks.jobs import Job, ResultStore, atomic_write_json
+from benchmarks.jobs import Job, ResultStore, atomic_write_json, write_plan
 from benchmarks.protocol import FEATURE_NORMS, ProtocolConfig, load_splits, make_splits, save_splits
 from benchmarks.recipes import RECIPES, resolve as resolve_recipe, split_train_params
 from benchmarks.suites import Suite, load_suite
@@ -112,8 +112,13 @@ def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
         return {"hash": job.hash, "label": job.label, "status": "ok", "auc": m["auc"],
                 "seconds": time.perf_counter() - t0}
     except Exception as e:  # one failed job must not kill the run; it is reported and retried next time
-        return {"hash": job.hash, "label": job.label, "status": "failed", "error": f"{type(e).__name__}: {e}",
-                "traceback": traceback.format_exc(), "seconds": time.perf_counter() - t0}
+        err, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
+        try:  # a failed record: the tables show the failure; the next run retries the job
+            store.save_failure(job, err, tb)
+        except OSError:
+            pass
+        return {"hash": job.hash, "label": job.label, "status": "failed", "error": err,
+                "traceback": tb, "seconds": time.perf_counter() - t0}
 
 
 @dataclass
@@ -313,6 +318,8 @@ def main(args) -> int:
     for m, why in plan.skipped_methods.items():
         print(f"skipping {m}: {why}", file=sys.stderr)
     store = ResultStore(run_dir)
+    # the tables read exactly these jobs: other files in jobs/ (earlier settings) are kept, never mixed in
+    write_plan(run_dir, plan.jobs, suite=suite.name, recipe=recipe, command=" ".join(sys.argv))
     todo = [j for j in plan.jobs if args.force or not store.done(j)]
     # longest jobs first (registry job_cost: seconds per job measured on the small cohort), so the
     # workers finish together instead of one of them running the last slow job alone

@@ -191,6 +191,7 @@ class SyncReport:
     logged: int = 0  # new job runs
     replaced: int = 0  # job runs whose result file changed (old run deleted)
     unchanged: int = 0
+    removed: int = 0  # job runs of jobs the run no longer plans (an earlier command's settings)
     skipped: list[str] = field(default_factory=list)  # files not logged, with the reason
 
 
@@ -221,31 +222,22 @@ def _parent_run(cl: Any, exp_id: str, run_dir: Path) -> Any:
 
 
 def log_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: str | None = None) -> SyncReport:
-    """Log a run folder (its ``jobs/*.json``, ``summary.json``, tables) to MLflow, idempotently."""
+    """Log a run folder (its planned jobs, ``summary.json``, tables) to MLflow, idempotently; job runs of
+    jobs the run no longer plans are deleted, so MLflow never compares another command's jobs."""
     from mlflow.entities import RunStatus
 
+    from benchmarks.jobs import load_planned
     from benchmarks.report import canonical_variant
 
     run_dir = Path(run_dir)
-    jobs_dir = run_dir / "jobs"
-    if not jobs_dir.is_dir():
-        raise FileNotFoundError(f"{jobs_dir}: no jobs folder; pass a run directory written by "
-                                "`python -m benchmarks run`")
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    files = sorted(jobs_dir.glob("*.json"))
     results: list[tuple[Path, bytes, dict]] = []
     rep_skipped: list[str] = []
-    for f in files:
-        raw = f.read_bytes()
-        try:
-            d = json.loads(raw)
-        except ValueError as e:
-            rep_skipped.append(f"{f.name}: unreadable ({e})")
+    for pj in load_planned(run_dir):  # the run's own jobs only, never other files in jobs/
+        if pj.data is None:
+            rep_skipped.append(f"{pj.path.name} ({pj.label}): {pj.problem} ({pj.detail.splitlines()[0] if pj.detail else ''})")
             continue
-        if d.get("status") != "ok" or "job" not in d:
-            rep_skipped.append(f"{f.name}: status {d.get('status')!r}")
-            continue
-        results.append((f, raw, d))
+        results.append((pj.path, pj.path.read_bytes(), pj.data))
     suite = summary.get("suite") or (results[0][2]["job"].get("suite") if results else None) or "benchmarks"
     uri = resolve_uri(tracking_uri)
     cl = client(uri)
@@ -273,6 +265,11 @@ def log_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: st
         else:
             rep.logged += 1
         _log_job(cl, exp_id, pid, d, digest, f.stat().st_mtime)
+    planned = {d["job"]["hash"] for _, _, d in results}
+    for h, old in children.items():  # children of jobs this run no longer plans: never compared
+        if h not in planned:
+            cl.delete_run(old.info.run_id)
+            rep.removed += 1
     # the parent: identity as params, the latest summary as tags/metrics, tables as artifacts
     cohort = summary.get("cohort") or {}
     first_env = (results[0][2].get("env") or {}) if results else {}
@@ -332,7 +329,7 @@ def log_run_safely(run_dir: str | Path, tracking_uri: str | None = None) -> Sync
                     "python -m benchmarks sync-mlflow --run %s", type(e).__name__, e, run_dir, run_dir)
         return None
     print(f"MLflow: parent run {rep.parent_id} in {rep.uri} ({rep.logged} job runs logged, {rep.replaced} "
-          f"replaced, {rep.unchanged} unchanged)", file=sys.stderr)
+          f"replaced, {rep.unchanged} unchanged, {rep.removed} removed)", file=sys.stderr)
     return rep
 
 
@@ -547,7 +544,7 @@ def main(args) -> int:
         return 0
     rep = log_run(args.run, args.tracking_uri, args.experiment)
     print(f"parent run {rep.parent_id} (experiment {rep.experiment_id}, {rep.uri}): {rep.logged} job runs logged, "
-          f"{rep.replaced} replaced, {rep.unchanged} unchanged")
+          f"{rep.replaced} replaced, {rep.unchanged} unchanged, {rep.removed} removed")
     for s in rep.skipped:
         print(f"not logged: {s}", file=sys.stderr)
     print(f"browse: mlflow ui --backend-store-uri {rep.uri} --host 127.0.0.1 --port 5000")

@@ -3,6 +3,7 @@ recipe builds the optimiser, schedule and losses it cites, and the engine follow
 import dataclasses
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -299,10 +300,18 @@ def test_official_run_records_its_recipe_in_jobs_summary_and_tables(tmp_path):
     assert summary["recipe"] == "official" and summary["recipes"]["abmil"]["sources"]
     assert "Recipe: official" in (tmp_path / "a" / "tables" / "table1.md").read_text()
     assert "Recipe: shared" in (tmp_path / "b" / "tables" / "table1.md").read_text()
-    # one folder never mixes recipes
+    # one folder never mixes recipes: other job files in the folder are not read (the plan names
+    # the run's jobs), and a plan listing jobs of both recipes is refused
+    from benchmarks import report
+    from benchmarks.jobs import read_plan, save_plan
+
+    before, _ = report.load_results(tmp_path / "a")
     for p in (tmp_path / "b" / "jobs").glob("*.json"):
         (tmp_path / "a" / "jobs" / p.name).write_text(p.read_text())
-    from benchmarks import report
-
+    after, _ = report.load_results(tmp_path / "a")
+    pd.testing.assert_frame_equal(before, after)
+    mixed = [e for e in read_plan(tmp_path / "a") if e["method"] == "abmil"] + \
+        [e for e in read_plan(tmp_path / "b") if e["method"] == "dsmil"]
+    save_plan(tmp_path / "a", mixed)
     with pytest.raises(ValueError, match="different recipes"):
         report.write_all(tmp_path / "a", figure_formats=())
