@@ -108,6 +108,8 @@ def _run(ray: Any, jobs: list, ctx: Any, address: str | None, gpus: float, cpus:
                                    "traceback": traceback.format_exc(), "seconds": float("nan")}, None
                 if result is not None:
                     atomic_write_json(store.path(job), result)
+                elif row["status"] != "ok":  # the failed record the tables show (retried next run)
+                    store.save_failure(job, row["error"], row.get("traceback", ""))
                 yield row
     finally:
         if started:
