@@ -125,6 +125,21 @@ def check_no_leak(table: pd.DataFrame, where: str = "split", required: tuple[str
             raise LeakError(f"{where}: the {part} part is empty (too few patients for {table.shape[0]} slides?)")
 
 
+def check_external_disjoint(internal: pd.DataFrame, external: pd.DataFrame, names: tuple[str, str] =
+                            ("internal", "external")) -> None:
+    """An external cohort must share no patient and no slide with the internal one (its AUC would
+    be partly on training slides). Raises ``ValueError`` listing the overlap."""
+    problems = []
+    for key in ("case_id", "slide_id"):
+        both = sorted(set(internal[key].astype(str)) & set(external[key].astype(str)))
+        if both:
+            ex = ", ".join(both[:8]) + (f" and {len(both) - 8} more" if len(both) > 8 else "")
+            problems.append(f"{len(both)} {key.replace('_id', '')}(s) in both: {ex}")
+    if problems:
+        raise ValueError(f"the {names[1]} cohort overlaps the {names[0]} one ({'; '.join(problems)}); an external "
+                         "validation must use other patients. Remove them from the external manifest.")
+
+
 def _label_per_case(df: pd.DataFrame) -> pd.Series:
     per_case = df.groupby("case_id")["label"].agg(lambda s: s.mode().iloc[0])
     return per_case

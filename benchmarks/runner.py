@@ -24,7 +24,8 @@ from benchmarks.executors import EXECUTORS, run_jobs
 from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json, write_plan
-from benchmarks.protocol import FEATURE_NORMS, ProtocolConfig, load_splits, make_splits, save_splits
+from benchmarks.protocol import (FEATURE_NORMS, ProtocolConfig, check_external_disjoint, load_splits, make_splits,
+                                 save_splits)
 from benchmarks.recipes import RECIPES, resolve as resolve_recipe, split_train_params
 from benchmarks.suites import Suite, load_suite
 from momkd.recipe import Recipe
@@ -282,6 +283,9 @@ def main(args) -> int:
                                          "cpu_bf16": getattr(args, "cpu_bf16", None)})
     cohort = load_cohort(src)
     ext_cohort = load_cohort(ext_src) if ext_src is not None else None
+    if ext_cohort is not None:
+        check_external_disjoint(cohort.manifest, ext_cohort.manifest,
+                                (f"internal ({src.manifest or src.name})", f"external ({ext_src.manifest or ext_src.name})"))
     tasks = _csv_list(args.tasks) or [t for t in suite.tasks if t in cohort.tasks()]
     unknown = [t for t in tasks if t not in suite.tasks]
     if unknown:

@@ -66,3 +66,38 @@ def test_pt_features_without_coords_skip_graph_methods(tmp_path, capsys):
     assert s["n_jobs"] == 1  # abmil only: MoMKD needs coordinates (and omics) the .pt files lack
     assert "coordinates" in s["skipped_methods"]["momkd"]
     assert "skipping momkd" in capsys.readouterr().err
+
+
+def test_external_cohort_sharing_patients_with_the_internal_one_is_refused(tmp_path, capsys):
+    """#18 item 6: an external folder that is a copy of the internal one used to report an
+    'external' AUC partly on training slides."""
+    import shutil
+
+    d = tmp_path / "d"
+    _write_dataset(d)
+    (d / "external").mkdir()
+    shutil.copytree(d / "features", d / "external" / "features")
+    ext = pd.read_csv(d / "manifest.csv")
+    ext["odx"] = [i % 2 for i in range(len(ext))]
+    ext.to_csv(d / "external" / "manifest.csv", index=False)
+    args = ["run", "--data", str(d), "--methods", "abmil", "--tasks", "her2", "--folds", "0", "--max-epochs", "1",
+            "--out", str(tmp_path / "run"), "--no-progress", "--workers", "1", "--no-tracking"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "external" in err and "30 case(s) in both: TCGA-AA-0000" in err and "30 slide(s) in both" in err
+    assert not (tmp_path / "run" / "jobs").exists()                  # refused before any training
+    # a disjoint external cohort runs (a fresh folder: cohorts are cached per source in a process)
+    d2 = tmp_path / "d2"
+    _write_dataset(d2)
+    _write_dataset(tmp_path / "e", n_cases=12)
+    (d2 / "external").mkdir()
+    shutil.copytree(tmp_path / "e" / "features", d2 / "external" / "features")
+    ext = pd.read_csv(tmp_path / "e" / "manifest.csv")
+    for col in ("slide_id", "case_id"):
+        ext[col] = ext[col].str.replace("TCGA-AA", "EXT-BB")
+    for f in (d2 / "external" / "features").iterdir():
+        f.rename(f.with_name(f.name.replace("TCGA-AA", "EXT-BB")))
+    ext["odx"] = [i % 2 for i in range(len(ext))]
+    ext.to_csv(d2 / "external" / "manifest.csv", index=False)
+    args[2] = str(d2)
+    assert main(args) == 0
