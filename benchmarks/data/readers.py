@@ -72,6 +72,9 @@ CASE_ALIASES = ("case_id", "patient", "patient_id", "case_submitter_id")
 # ----------------------------------------------------------------------------------------------
 # feature files
 # ----------------------------------------------------------------------------------------------
+MAX_ID_BYTES = 240  # a feature file name: the id plus a suffix, within 255 bytes
+
+
 def _search_dirs(features_dir: Path, ext: str) -> list[Path]:
     """The folder itself, then CLAM's ``h5_files/`` or ``pt_files/`` layout under it."""
     sub = {".h5": "h5_files", ".hdf5": "h5_files", ".pt": "pt_files", ".pth": "pt_files"}.get(ext)
@@ -177,10 +180,15 @@ def _read_h5(path: Path, slide_id: str, feature_key: str | None) -> tuple[np.nda
             raise DataError(problem("wrong_key", slide_id, path,
                                     f"no feature dataset {looked}; the file has {inv or 'no datasets'}.{hint} "
                                     "Pass feature_key=<name> for another layout, or re-extract with TRIDENT/CLAM."))
-        feats = np.asarray(f[key][()])
-        coords = None
-        if COORD_KEY in f and isinstance(f[COORD_KEY], h5py.Dataset):
-            coords = np.asarray(f[COORD_KEY][()])
+        try:  # reading validates every (compressed) chunk
+            feats = np.asarray(f[key][()])
+            coords = None
+            if COORD_KEY in f and isinstance(f[COORD_KEY], h5py.Dataset):
+                coords = np.asarray(f[COORD_KEY][()])
+        except OSError as e:
+            raise DataError(problem("unreadable", slide_id, path,
+                                    f"'{key}' cannot be read ({str(e).splitlines()[0]}): a damaged chunk. Re-extract "
+                                    "the slide, or pass --skip-bad-slides to drop it.")) from None
     return feats, coords, key
 
 
@@ -365,6 +373,9 @@ def read_manifest(path: str | PathLike, tasks: Mapping[str, Mapping[Any, int | N
     def line(i: int) -> str:
         return f"line {i + 2}" if path.suffix.lower() not in (".parquet", ".pq") else f"row {i}"
 
+    if raw.shape[0] == 0:
+        raise DataError(problem("empty_table", None, path, f"the manifest has a header ({list(raw.columns)}) but no "
+                                "rows; list one slide per row."))
     slide_col = _pick_column(raw.columns, SLIDE_ALIASES)
     if slide_col is None:
         raise DataError(problem("missing_column", None, path,
@@ -374,6 +385,14 @@ def read_manifest(path: str | PathLike, tasks: Mapping[str, Mapping[Any, int | N
     for i, s in enumerate(sids):
         if s == "":
             problems.append(problem("bad_value", None, path, f"{line(i)}: empty slide_id. Fill it or delete the row."))
+        elif "/" in s or "\\" in s or s in (".", "..") or s.startswith("~") or os.path.isabs(s):
+            problems.append(problem("bad_id", s[:80], path, f"{line(i)}: slide_id {s[:80]!r} is a path, not a file "
+                                    "name; feature files are looked up inside the features folder only. Use the "
+                                    "file name without folders or suffix."))
+        elif len(s.encode()) > MAX_ID_BYTES:
+            problems.append(problem("bad_id", s[:40] + "...", path, f"{line(i)}: slide_id is {len(s.encode())} bytes "
+                                    f"long; a feature file name allows {MAX_ID_BYTES} (255 minus the suffix). "
+                                    "Shorten the id (and the file name)."))
 
     case_col = _pick_column(raw.columns, CASE_ALIASES)
     if case_col is not None:
@@ -436,6 +455,18 @@ def read_manifest(path: str | PathLike, tasks: Mapping[str, Mapping[Any, int | N
                                         "None for unlabelled)."))
         out[task] = pd.array(values, dtype="Int64")
 
+    for task in tasks:  # one patient, one label: slides of a case that disagree cannot be split by patient
+        if task not in out:
+            continue
+        lab = out[["case_id", "slide_id", task]].dropna(subset=[task])
+        n = lab.groupby("case_id")[task].nunique()
+        for case in n[n > 1].index:
+            rows = lab[lab["case_id"] == case]
+            detail = ", ".join(f"{sl}={int(v)}" for sl, v in zip(rows["slide_id"], rows[task]))
+            problems.append(problem("conflicting_label", str(rows["slide_id"].iloc[0]), path,
+                                    f"case {case} has different '{task}' labels on its slides ({detail}); a "
+                                    "patient has one label per task. Fix the manifest (or leave the wrong cells "
+                                    "empty)."))
     if problems:
         raise DataError(problems, header=f"{len(problems)} problems in the manifest {path}:"
                         if len(problems) > 1 else None)
@@ -506,6 +537,14 @@ def read_omics_table(path: str | PathLike, *, genes_in_rows: bool = False,
                                 f"{int(bad.sum())} NaN/Inf value(s) in {len(bad_cases)} case(s) {bad_cases[:5]} and "
                                 f"{len(bad_genes)} gene(s) {bad_genes[:5]}. Impute them or drop those genes/cases "
                                 "before running."))
+    f32 = float(np.finfo(np.float32).max)
+    huge = np.isfinite(values) & (np.abs(np.nan_to_num(values)) > f32)
+    if huge.any():
+        r, c = np.nonzero(huge)
+        ex = [f"{cases.iloc[i]}/{body.columns[j]}={values[i, j]:.3g}" for i, j in zip(r[:5], c[:5])]
+        problems.append(problem("bad_value", None, path,
+                                f"{len(r)} value(s) beyond float32 (|x| > {f32:.3g}), e.g. {ex}; they would become "
+                                "Inf. Rescale (e.g. log-transform) the omics."))
     if problems:
         raise DataError(problems, header=f"{len(problems)} problems in the omics table {path}:"
                         if len(problems) > 1 else None)
