@@ -7,6 +7,7 @@ its help is the docstring of its ``main``. A user error prints one line and exit
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -25,6 +26,9 @@ COMMANDS = {
     "sync-mlflow": ("benchmarks.tracking", "log a finished run folder to MLflow (idempotent)"),
     "compare": ("benchmarks.tracking", "compare parent runs or methods read back from MLflow, with tests"),
 }
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -64,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full or read-only output disk, no permission
+        if args.debug or e.errno not in _DISK_ERRNOS:
+            raise
+        print(f"error: cannot write {e.filename or 'the output'}: {e.strerror}. Free space, or choose a writable "
+              "folder with --out (finished jobs are kept; rerun to resume).", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,21 +196,30 @@ def table_hash(table: pd.DataFrame) -> str:
 
 
 def save_splits(splits: list[Split], path: Path) -> str:
-    """Write the folds as CSV plus a ``.sha256`` file; return the content hash. An existing file
-    with other contents is an error (the run's data changed): use a new output folder."""
+    """Write the folds as CSV plus a ``.sha256`` file (each atomically: a crash or a full disk never
+    leaves a half-written file); return the content hash. An existing file with other contents is an
+    error (the run's data changed): use a new output folder."""
+    from benchmarks.jobs import atomic_write_text
+
     table = splits_table(splits)
     h = table_hash(table)
     path = Path(path)
     hfile = path.with_suffix(".sha256")
-    if path.exists() and hfile.exists():
-        old = hfile.read_text().strip()
+    if path.exists():
+        old = hfile.read_text().strip() if hfile.exists() else ""
+        if not re.fullmatch(r"[0-9a-f]{8,64}", old):  # no or a damaged hash file: hash the CSV itself
+            try:
+                old = table_hash(pd.read_csv(path, dtype={"slide_id": str, "case_id": str}))
+            except (ValueError, OSError):
+                old = "unreadable"
         if old != h:
-            raise LeakError(f"{path} holds other splits (hash {old}, now {h}): the manifest or seed changed "
-                            "since this run started. Use a new --out folder or delete the old splits.")
+            raise ValueError(f"{path} holds other splits (hash {old}, now {h}): the manifest or seed changed "
+                             "since this run started. Use a new --out folder or delete the old splits.")
+        if not hfile.exists() or hfile.read_text().strip() != h:
+            atomic_write_text(hfile, h + "\n")
         return h
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False)
-    hfile.write_text(h + "\n")
+    atomic_write_text(path, table.to_csv(index=False))
+    atomic_write_text(hfile, h + "\n")
     return h
 
 

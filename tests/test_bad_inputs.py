@@ -216,3 +216,20 @@ def test_bad_input_is_one_clear_error(case, tmp_path, capsys):
 
 def test_there_are_at_least_forty_situations():
     assert len(CASES) >= 40
+
+
+def test_full_output_disk_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from benchmarks import jobs
+
+    def full(fd, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "o" / "splits" / "her2_seed0.csv"))
+
+    monkeypatch.setattr(jobs.os, "fdopen", full)
+    rc = main(RUN + ["--folds", "0", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "cannot write" in err and "her2_seed0.csv" in err and "No space left" in err
+    assert not list((tmp_path / "o").rglob("*.tmp"))               # nothing half-written left behind
