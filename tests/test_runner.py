@@ -77,3 +77,20 @@ def test_scale_presets_set_widths_and_params_files_override_them(tmp_path):
     assert job["job"]["hparams"]["embed_dim"] == 128 and job["job"]["hparams"]["attn_dim"] == 16
     s = json.loads((out / "summary.json").read_text())
     assert s["method_params"]["abmil"] == {"embed_dim": 128, "attn_dim": 16}
+
+
+def test_config_prints_exactly_the_protocol_run_uses(tmp_path, capsys):
+    """#18 item 5: `config` used to print the suite's base protocol (0.15 / 20 epochs / lr 2e-4)
+    while a `small` run used its scale preset."""
+    out = tmp_path / "run"
+    assert main(ARGS + ["--folds", "0", "--max-epochs", "1", "--threshold", "val_f1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["config", "--suite", "tcga_brca", "--scale", "tiny", "--max-epochs", "1",
+                 "--threshold", "val_f1"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    s = _summary(out)
+    assert printed["protocol"] == s["protocol"] and printed["protocol_hash"] == s["protocol_hash"]
+    assert printed["method_params"]["abmil"] == s["method_params"]["abmil"]
+    assert main(["config", "--suite", "tcga_brca"]) == 0             # no flags: the default command's
+    default = json.loads(capsys.readouterr().out)
+    assert default["scale"] == "small" and default["protocol"]["max_epochs"] == 8
