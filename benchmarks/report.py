@@ -448,12 +448,13 @@ class _Index:
         return Cell(mean=100 * v.mean(), std=100 * v.std(ddof=1) if v.size > 1 else float("nan"),
                     n=v.size, key=key)
 
-    def pooled(self, arm, task, split) -> pd.DataFrame:
-        """One probability per slide: the mean over seeds (and fold models, for external data)."""
+    def pooled(self, arm, task, split, by: str = "slide_id") -> pd.DataFrame:
+        """One probability per slide (``by="case_id"``: per patient, the mean over its slides): the
+        mean over seeds (and fold models, for external data)."""
         g = self.p.get((arm[0], arm[1], task, split))
         if g is None or g.empty:
-            return pd.DataFrame(columns=["slide_id", "y", "p"])
-        return g.groupby("slide_id", sort=True).agg(y=("y", "first"), p=("p", "mean")).reset_index()
+            return pd.DataFrame(columns=[by, "y", "p"])
+        return g.groupby(by, sort=True).agg(y=("y", "first"), p=("p", "mean")).reset_index()
 
     def arms(self, split: str | None = None, tasks: Iterable[str] | None = None) -> list[tuple[str, str]]:
         df = self.metrics
@@ -536,7 +537,9 @@ def _pairwise(ix: _Index, table: str, control: tuple[str, str], others: Sequence
             pair = a.merge(b, on=["fold", "seed"], suffixes=("_a", "_b"))
             base = {"table": table, "task": task, "split": split, "metric": metric,
                     "control": "/".join(control), "other": "/".join(other)}
-            if len(pair) >= 2:
+            external = split == "external"
+            if len(pair) >= 2 and not external:
+                # internal folds: disjoint test sets, so the fold x seed values are (nearly) independent
                 d = pair["value_a"].to_numpy() - pair["value_b"].to_numpy()
                 n_tr = pair["n_train_a"].fillna(pair["n_train_b"]).to_numpy(dtype=float)
                 n_te = pair["n_test_a"].fillna(pair["n_test_b"]).to_numpy(dtype=float)
@@ -552,16 +555,20 @@ def _pairwise(ix: _Index, table: str, control: tuple[str, str], others: Sequence
                 w, p = st.wilcoxon_test(pair["value_a"], pair["value_b"])
                 rows.append({**common, "test": "wilcoxon", "statistic": w, "p": p, "note": ""})
             if metric == "auc":
-                pa, pb = ix.pooled(control, task, split), ix.pooled(other, task, split)
-                m = pa.merge(pb, on="slide_id", suffixes=("_a", "_b"))
+                # one score per patient (mean over its slides, seeds and, external, fold models): the
+                # fold values of an external set share one test set, and a patient's slides are not
+                # independent, so DeLong runs on patients
+                pa, pb = ix.pooled(control, task, split, "case_id"), ix.pooled(other, task, split, "case_id")
+                m = pa.merge(pb, on="case_id", suffixes=("_a", "_b"))
                 bad = int((m["y_a"] != m["y_b"]).sum()) if not m.empty else 0
                 m = m[m["y_a"] == m["y_b"]] if bad else m
                 if not m.empty and m["y_a"].nunique() == 2:
                     a1, a2, z, p = st.delong_test(m["y_a"].to_numpy(int), m["p_a"], m["p_b"])
+                    what = ("external patients, scores averaged over the fold models" if external
+                            else "pooled out-of-fold predictions, one per patient")
                     rows.append({**base, "test": "delong", "n": len(m), "control_mean": a1, "other_mean": a2,
                                  "diff": a1 - a2, "statistic": z, "p": p,
-                                 "note": "pooled out-of-fold predictions" + (f"; {bad} slides with "
-                                                                            "conflicting labels dropped" if bad else "")})
+                                 "note": what + (f"; {bad} patients with conflicting labels dropped" if bad else "")})
     df = pd.DataFrame(rows, columns=STATS_COLUMNS)
     if df.empty:
         df["significant"] = df["significant"].astype(bool)
@@ -573,17 +580,46 @@ def _pairwise(ix: _Index, table: str, control: tuple[str, str], others: Sequence
     return df
 
 
+def primary_test(split: str) -> str:
+    """The one test behind a cell's mark: the corrected resampled t-test over the internal folds
+    (disjoint test sets); DeLong per patient on the external cohort (one shared test set, where the
+    fold values are not independent and the corrected t-test's type-I error was 0.47 in a null
+    simulation). The other tests stay in stats.csv, unmarked."""
+    return "delong" if split == "external" else "corrected_t"
+
+
 def _apply_marks(table: Table) -> None:
-    """Add † / ‡ to the reproduced cells of the arms that differ significantly from the control."""
+    """One mark per cell: † (internal, corrected t) or ‡ (external, DeLong) when the arm differs
+    significantly from the control under the cell's primary test (Holm within its column)."""
     if table.stats.empty:
         return
     cells = {c.key: c for r in table.rows if r.kind == "ours" for c in r.cells if c.key is not None}
     for r in table.stats[table.stats["significant"]].itertuples(index=False):
-        cell = cells.get(tuple(r.other.split("/", 1)) + (r.task, r.split, r.metric))
-        mark = DAGGER_T if r.test == "corrected_t" else DAGGER_D if r.test == "delong" else ""
-        if cell is None or not mark or mark in cell.marks:
+        if r.test != primary_test(r.split):
             continue
-        cell.marks = "".join(sorted(cell.marks + mark, key=[DAGGER_T, DAGGER_D].index))
+        cell = cells.get(tuple(r.other.split("/", 1)) + (r.task, r.split, r.metric))
+        if cell is not None:
+            cell.marks = DAGGER_D if r.split == "external" else DAGGER_T
+
+
+def sig_note(table: Table, control: str) -> list[str]:
+    """What the marks mean, which test, and the family Holm corrects over."""
+    if table.stats.empty:
+        return []
+    splits = set(table.stats["split"])
+    k = table.stats.groupby(["task", "split", "metric", "test"])["other"].nunique().max()
+    out = []
+    if splits - {"external"}:
+        out.append(f"{DAGGER_T}: {control} differs from this entry (corrected resampled t-test over folds x seeds, "
+                   f"Nadeau & Bengio 2003), Holm-adjusted over the {k} comparisons with {control} in the same "
+                   f"column, p < {ALPHA}.")
+    if "external" in splits:
+        out.append(f"{DAGGER_D}: the external AUC differs from {control}'s (DeLong test on the external patients, "
+                   "each scored by the mean of the fold models: the folds share one test set, so the corrected "
+                   f"t-test does not apply), Holm-adjusted over the {k} comparisons in the column, p < {ALPHA}; "
+                   "external ACC and F1 are not tested.")
+    out.append("One mark per cell. DeLong per patient (internal) and Wilcoxon results are in stats.csv, unmarked.")
+    return out
 
 
 def _long(ix: _Index, arms, cells) -> pd.DataFrame:
@@ -594,10 +630,6 @@ def _long(ix: _Index, arms, cells) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     return pd.concat(parts, ignore_index=True)[cols].sort_values(cols[:7], kind="stable").reset_index(drop=True)
 
-
-_SIG_NOTE = (f"{DAGGER_T}: MoMKD differs from this entry (corrected resampled t-test over folds x seeds, "
-             f"Nadeau & Bengio 2003; Holm-adjusted p < {ALPHA}). {DAGGER_D}: DeLong test on pooled "
-             f"out-of-fold predictions (AUC; Holm-adjusted p < {ALPHA}). All tests in stats.csv.")
 
 
 def _method_table(ix: _Index, paper: pd.DataFrame | None, *, name: str, number: int, title: str,
@@ -629,7 +661,7 @@ def _method_table(ix: _Index, paper: pd.DataFrame | None, *, name: str, number: 
         table.stats = _pairwise(ix, name, CONTROL, [a for a in arms if a != CONTROL], cells_spec)
         _apply_marks(table)
     table.long = _long(ix, arms, cells_spec)
-    table.notes = [_SIG_NOTE] if CONTROL in arms and len(arms) > 1 else []
+    table.notes = sig_note(table, "MoMKD") if CONTROL in arms and len(arms) > 1 else []
     if not arms:
         table.notes.insert(0, "No matching job results in this run.")
     return table
@@ -687,7 +719,7 @@ def table3(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None, *, pa
         table.stats = _pairwise(ix, "table3", CONTROL, [a for a in arms if a != CONTROL], [spec])
         _apply_marks(table)
     table.long = _long(ix, arms, [spec])
-    table.notes = [_SIG_NOTE.replace("MoMKD differs from this entry", "MoMKD (Full) differs from this variant")]
+    table.notes = sig_note(table, "MoMKD (Full)")
     if paper:
         table.notes.append("Paper column: Guo et al., arXiv 2602.21395, Table 3 (results/paper/table3.csv).")
     return table
@@ -718,7 +750,7 @@ def table4(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None, *, pa
     table.stats = _pairwise(ix, "table4", CONTROL, others, specs)
     _apply_marks(table)
     table.long = _long(ix, [("momkd", v) for v, _ in MEMORY_COLS], specs)
-    table.notes = [_SIG_NOTE.replace("MoMKD differs from this entry", "the momentum memory differs from this one")]
+    table.notes = sig_note(table, "the momentum memory")
     if paper:
         table.notes.append("Paper columns: Guo et al., arXiv 2602.21395, Table 4 (results/paper/table4.csv); "
                            "the paper's 'In-house Dataset' row is our external cohort.")

@@ -242,7 +242,7 @@ def test_significance_marks_match_stats(run_dir):
     # holm within each family, recomputed here
     for _, g in s.groupby(["task", "split", "metric", "test"]):
         assert np.allclose(g["p_holm"].to_numpy(), st.holm(g["p"].to_numpy()), equal_nan=True)
-    # every dagger has a significant test behind it and vice versa
+    # one mark per cell, from the cell's primary test (internal folds: corrected t), and vice versa
     for r in t.rows:
         if r.kind != "ours" or r.key == report.CONTROL:
             continue
@@ -250,8 +250,18 @@ def test_significance_marks_match_stats(run_dir):
             method, variant, task, split, metric = c.key
             sig = s[(s["other"] == f"{method}/{variant}") & (s["task"] == task) & (s["metric"] == metric)
                     & s["significant"]]
-            assert ("†" in c.marks) == ("corrected_t" in set(sig["test"]))
-            assert ("‡" in c.marks) == ("delong" in set(sig["test"]))
+            assert c.marks == ("†" if "corrected_t" in set(sig["test"]) else "")
+    # Table 2 (one shared external set): no fold-wise tests, DeLong per patient behind ‡
+    t2 = report.table2(metrics, preds)
+    assert set(t2.stats["test"]) == {"delong"}
+    assert all(n == t2.stats["n"].iloc[0] for n in t2.stats["n"])   # one score per external patient
+    for r in t2.rows:
+        if r.kind == "ours" and r.key != report.CONTROL:
+            for c in r.cells:
+                sig = t2.stats[(t2.stats["other"] == "/".join(r.key)) & (t2.stats["metric"] == c.key[4])
+                               & t2.stats["significant"]]
+                assert c.marks == ("‡" if len(sig) else "")
+    assert any("DeLong test on the external patients" in n for n in t2.notes)
     # the weakest baseline (strength 0.3 vs 2.0) must differ on AUC by DeLong on every task
     weak = s[(s["other"] == "abmil/default") & (s["test"] == "delong")]
     assert len(weak) == 3 and weak["significant"].all()
