@@ -190,11 +190,15 @@ def _static_environment() -> dict[str, Any]:
             return None
 
     try:
+        here = Path(__file__).resolve().parent
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
+                                cwd=here).stdout.strip()
+        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, timeout=5, cwd=here).stdout.strip():
+            commit += "-dirty"  # uncommitted changes: the commit alone does not name the code
     except Exception:  # pragma: no cover - git missing
         commit = ""
-    return {"python": platform.python_version(), "torch": torch.__version__,
+    return {"package": ver("momkd-bench"), "python": platform.python_version(), "torch": torch.__version__,
             "torch_geometric": ver("torch_geometric") or ver("torch-geometric"), "sklearn": ver("scikit-learn"),
             "numpy": np.__version__, "platform": platform.platform(), "git_commit": commit,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

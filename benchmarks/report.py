@@ -142,6 +142,12 @@ def load_results(run_dir: str | Path, provenance: dict[str, Any] | None = None) 
             prov.setdefault("recipe_summary", {})[e["method"]] = _recipe_line(job["train"])
         if job.get("params_source"):
             prov.setdefault("tuned", {})[e["method"]] = job["params_source"]
+        env = d.get("env") or {}
+        commit = env.get("git_commit") or "unknown"
+        code = f"momkd-bench {env.get('package') or '?'} @ {commit[:10]}{'-dirty' if commit.endswith('-dirty') else ''}"
+        prov.setdefault("code", {})[code] = prov.get("code", {}).get(code, 0) + 1
+        prov.setdefault("folds", set()).add(e["fold"])
+        prov.setdefault("seeds", set()).add(e["seed"])
     for pj in problems:
         if pj.problem != "failed":
             warnings.warn(f"{pj.path}: planned job {pj.label} is {pj.problem} ({pj.detail}); left out of the tables",
@@ -213,6 +219,46 @@ def annotate_provenance(tables: Sequence["Table"], provenance: dict[str, Any]) -
         if marked:
             t.notes.append("(tuned): hyper-parameters from " + ", ".join(
                 sorted({f"{tuned[m]}" for m in tuned})) + " (`tune` on validation parts), not the defaults.")
+
+
+def source_line(run: Path, provenance: dict[str, Any]) -> str:
+    """Where a table's numbers come from: the data, the folds x seeds, the protocol and the code."""
+    summary = {}
+    if (Path(run) / "summary.json").is_file():
+        try:
+            summary = json.loads((Path(run) / "summary.json").read_text())
+        except (OSError, ValueError):
+            summary = {}
+    c = summary.get("cohort") or {}
+    if c.get("kind") == "simulated":
+        data = f"simulated {c.get('name', '?')} cohort (scale {c.get('scale')}, seed {c.get('seed')})"
+    elif c.get("kind") == "files":
+        data = f"features in {Path(str(c.get('features_dir'))).parent} (manifest {c.get('manifest')})"
+    elif c.get("kind") == "milcsv":
+        data = f"{c.get('dataset')} ('mil' package CSV)"
+    else:
+        data = "unknown data (no summary.json)"
+    if summary.get("data_fingerprint"):
+        data += f", fingerprint {str(summary['data_fingerprint'])[:12]}"
+    folds, seeds = sorted(provenance.get("folds", ())), sorted(provenance.get("seeds", ()))
+    code = provenance.get("code", {})
+    code_txt = "; ".join(f"{k}" + (f" ({n} jobs)" if len(code) > 1 else "") for k, n in sorted(code.items()))
+    return (f"Source: {data}; {len(folds)} folds x {len(seeds)} seed(s) {seeds}; protocol "
+            f"{summary.get('protocol_hash', '?')}; recipe {summary.get('recipe', '?')}; code {code_txt or '?'}.")
+
+
+def annotate_source(tables: Sequence["Table"], run: Path, provenance: dict[str, Any]) -> None:
+    """Every table says what made it; simulated rows beside the paper's rows say they are simulated."""
+    line = source_line(run, provenance)
+    simulated = line.startswith("Source: simulated")
+    for t in tables:
+        t.notes.append(line)
+        if simulated and any(r.kind == "paper" for r in t.rows):
+            for r in t.rows:
+                if r.kind == "ours":
+                    r.labels[0] += " (simulated)"
+            t.notes.append("(simulated): our rows come from the built-in simulated cohort, not TCGA-BRCA; "
+                           "they check the code path and are not comparable with the paper's numbers.")
 
 
 def annotate_coverage(tables: Sequence["Table"], provenance: dict[str, Any], max_listed: int = 12) -> None:
@@ -888,6 +934,7 @@ def write_all(run_dir: str | Path, formats: Sequence[str] = FORMATS, paper: bool
     tables = build_tables(metrics, preds, paper=paper, paper_dir=paper_dir, planned=provenance.get("coverage", {}))
     annotate_provenance(tables, provenance)
     annotate_coverage(tables, provenance)
+    annotate_source(tables, run, provenance)
     diffs = [diff_table(t, paper_dir) for t in tables] if diff else []
     tdir = run / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
