@@ -221,6 +221,22 @@ def annotate_provenance(tables: Sequence["Table"], provenance: dict[str, Any]) -
                 sorted({f"{tuned[m]}" for m in tuned})) + " (`tune` on validation parts), not the defaults.")
 
 
+def add_ci(tables: Sequence["Table"], level: float = 0.95) -> None:
+    """A t-interval of each cell's mean over its fold x seed values (folds of one seed are not
+    independent: read it as a guide, the marks carry the tests)."""
+    from scipy import stats as sps
+
+    for t in tables:
+        for r in t.rows:
+            if r.kind != "ours":
+                continue
+            for c in r.cells:
+                if c.n > 1 and np.isfinite(c.std) and c.kind == "value":
+                    h = sps.t.ppf(0.5 + level / 2, c.n - 1) * c.std / np.sqrt(c.n)
+                    c.ci = (c.mean - h, c.mean + h)
+        t.notes.append(f"[a, b]: {100 * level:.0f}% t-interval of the mean over folds x seeds.")
+
+
 def source_line(run: Path, provenance: dict[str, Any]) -> str:
     """Where a table's numbers come from: the data, the folds x seeds, the protocol and the code."""
     summary = {}
@@ -319,6 +335,7 @@ class Cell:
     kind: str = "value"
     key: tuple | None = None    # (method, variant, task, split, metric) of a reproduced cell
     coverage: str = ""          # " (4/5)" when built from fewer jobs than the run planned
+    ci: tuple[float, float] | None = None   # 95% t-interval of the mean (``tables --ci``)
 
     @property
     def empty(self) -> bool:
@@ -330,7 +347,8 @@ class Cell:
         if self.kind == "diff":
             return f"{self.mean:+.1f}"
         if self.n > 1 and np.isfinite(self.std):
-            return f"{self.mean:.1f}{pm}{self.std:.1f}{self.coverage}"
+            ci = f" [{self.ci[0]:.1f}, {self.ci[1]:.1f}]" if self.ci is not None else ""
+            return f"{self.mean:.1f}{pm}{self.std:.1f}{ci}{self.coverage}"
         return f"{self.mean:.1f}{self.coverage}"
 
 
@@ -918,7 +936,7 @@ FORMATS = ("md", "tex", "csv", "html")
 
 def write_all(run_dir: str | Path, formats: Sequence[str] = FORMATS, paper: bool = True,
               diff: bool = False, paper_dir: str | Path | None = None,
-              figure_formats: Sequence[str] = ("png", "pdf")) -> dict[str, Path]:
+              figure_formats: Sequence[str] = ("png", "pdf"), ci: bool = False) -> dict[str, Path]:
     """Render everything for a run from its saved job results; returns {relative name: path}.
 
     Writes tables/table{1..4}.{md,tex,csv} (per ``formats``), tables/index.html, stats.csv and
@@ -935,6 +953,8 @@ def write_all(run_dir: str | Path, formats: Sequence[str] = FORMATS, paper: bool
     annotate_provenance(tables, provenance)
     annotate_coverage(tables, provenance)
     annotate_source(tables, run, provenance)
+    if ci:
+        add_ci(tables)
     diffs = [diff_table(t, paper_dir) for t in tables] if diff else []
     tdir = run / "tables"
     tdir.mkdir(parents=True, exist_ok=True)
@@ -1025,6 +1045,7 @@ def add_arguments(parser) -> None:
                         help=f"comma-separated subset of {','.join(FORMATS)} (default: all)")
     parser.add_argument("--figures", default="png,pdf",
                         help="figure formats, comma-separated (default png,pdf; 'none' skips the figures)")
+    parser.add_argument("--ci", action="store_true", help="add 95%% confidence intervals of the means to the cells")
 
 
 def main(args) -> int:
@@ -1042,7 +1063,7 @@ def main(args) -> int:
     figs = tuple(f.strip() for f in str(getattr(args, "figures", "png,pdf")).split(",")
                  if f.strip() and f.strip() != "none")
     written = write_all(run, formats=formats, paper=bool(args.paper), diff=bool(args.diff),
-                        figure_formats=figs)
+                        figure_formats=figs, ci=bool(getattr(args, "ci", False)))
     md = run / "tables" / "table1.md"
     if md.exists():
         print(md.read_text(encoding="utf-8"))

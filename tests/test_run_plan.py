@@ -132,3 +132,18 @@ def test_every_table_says_what_data_protocol_and_code_made_it(two_settings):
         assert "code momkd-bench " in line and " @ " in line
     md1 = _table1(clean)                      # the runner renders the paper's rows too: ours say simulated
     assert "| ABMIL (simulated)" in md1 and "| *ABMIL (paper)*" in md1
+
+
+def test_tables_ci_adds_t_intervals_of_the_means(two_settings, tmp_path):
+    import numpy as np
+    from scipy import stats as sps
+
+    _, clean, _ = two_settings
+    run = tmp_path / "run"
+    shutil.copytree(clean, run)
+    assert main(["tables", "--run", str(run), "--figures", "none", "--ci"]) == 0
+    row = next(line for line in _table1(run).splitlines() if line.startswith("| ABMIL"))
+    m, _ = report.load_results(run)
+    v = 100 * m[(m.metric == "auc") & (m.split == "test")]["value"].to_numpy()
+    h = sps.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    assert f"[{v.mean() - h:.1f}, {v.mean() + h:.1f}]" in row
