@@ -50,6 +50,7 @@ class Job:
     recipe: str = "shared"  # "shared" | "official" (benchmarks/recipes.py)
     train: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # the resolved Recipe
     params_source: str = ""  # where tuned hyper-parameters came from (``run --params FILE``), else ""
+    external_fingerprint: str = ""  # the external cohort this job also scores (Table 2), else ""
 
     @property
     def hash(self) -> str:
@@ -57,6 +58,8 @@ class Job:
                "seed": self.seed, "hparams": self.hparams, "data": self.data_fingerprint,
                "protocol": self.protocol_hash, "split": self.split_hash, "recipe": self.recipe,
                "train": self.train}
+        if self.external_fingerprint:  # only jobs that score an external cohort carry it
+            key["external"] = self.external_fingerprint
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @property

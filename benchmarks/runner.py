@@ -47,6 +47,7 @@ class RunContext:
     external: CohortSource | None
     external_task: str | None
     protocol: dict[str, Any]
+    code_digests: dict[str, str] = field(default_factory=dict)  # method -> provenance.code_digest
 
 
 def split_path(run_dir: Path, task: str, seed: int) -> Path:
@@ -108,6 +109,7 @@ def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
         recipe = Recipe.from_dict(job.train) if job.train else None
         result = run_job(model, train, val, test, external, protocol, seed=job.seed * 1000 + job.fold, recipe=recipe)
         result["status"] = "ok"
+        result["code_digest"] = ctx.code_digests.get(job.method, "")
         store.save(job, result)
         m = result["metrics"]["test"]
         return {"hash": job.hash, "label": job.label, "status": "ok", "auc": m["auc"],
@@ -141,10 +143,13 @@ def method_fits(spec: registry.MethodSpec, cohort: Cohort) -> str | None:
 def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: list[str], tasks: list[str],
               grids: list[str], folds: list[int], seeds: list[int], split_hashes: dict[tuple[str, int], str],
               overrides: dict[str, dict[str, Any]] | None = None, recipe: str = "shared",
-              max_epochs: int | None = None, params_source: dict[str, str] | None = None) -> RunPlan:
+              max_epochs: int | None = None, params_source: dict[str, str] | None = None,
+              external: tuple[str, str] | None = None) -> RunPlan:
     """The jobs of a run. Hyper-parameters: the method's defaults, its recipe's settings (``official``),
     the variant, then ``overrides`` (scale preset widths, ``--params``). ``params_source`` names the
-    tuned-parameter file per method (recorded in each job, marked in the tables)."""
+    tuned-parameter file per method (recorded in each job, marked in the tables). ``external``:
+    (task, external cohort fingerprint): that task's jobs also score the external cohort, so a
+    changed external cohort changes their key."""
     plan = RunPlan([])
     runnable = []
     for m in methods:
@@ -175,11 +180,21 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
             for f in folds:
                 job = Job(suite.name, grid, t, m, v, f, s, hparams=hp, data_fingerprint=cohort.fingerprint,
                           protocol_hash=protocol.hash(), split_hash=split_hashes[(t, s)], recipe=recipe,
-                          train=r.training_dict(), params_source=(params_source or {}).get(m, ""))
+                          train=r.training_dict(), params_source=(params_source or {}).get(m, ""),
+                          external_fingerprint=external[1] if external and t == external[0] else "")
                 if job.hash not in seen:  # jobs shared by grids run once
                     seen.add(job.hash)
                     plan.jobs.append(job)
     return plan
+
+
+def method_code_digest(method: str) -> str:
+    """Digest of the code behind a method's results (benchmarks/provenance.py)."""
+    from benchmarks.provenance import code_digest
+
+    build = registry.get(method).build
+    module = build.partition(":")[0] if isinstance(build, str) else build.__module__
+    return code_digest(module)
 
 
 def check_planned_omics(cohort: Cohort, jobs: list[Job], tasks: list[str]) -> None:
@@ -293,6 +308,8 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="run folder (default: results/<suite>/<run>)")
     p.add_argument("--run", default=None, help="run name under results/<suite>/ (default from the data)")
     p.add_argument("--force", action="store_true", help="recompute finished jobs")
+    p.add_argument("--reuse-stale", action="store_true",
+                   help="reuse finished jobs computed by other code (listed) instead of recomputing them")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="worker processes, each with cores/workers torch threads (default: cores)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
@@ -375,21 +392,39 @@ def main(args) -> int:
             params_source[m] = str(args.params)
     plan = plan_jobs(suite, cohort, protocol, methods, tasks, grids, folds, seeds, split_hashes,
                      overrides=overrides, recipe=recipe,
-                     max_epochs=args.max_epochs if recipe != "shared" else None, params_source=params_source)
+                     max_epochs=args.max_epochs if recipe != "shared" else None, params_source=params_source,
+                     external=(suite.external_task, ext_cohort.fingerprint)
+                     if ext_cohort is not None and suite.external_task else None)
     for m, why in plan.skipped_methods.items():
         print(f"skipping {m}: {why}", file=sys.stderr)
     check_planned_omics(cohort, plan.jobs, tasks)
     store = ResultStore(run_dir)
     # the tables read exactly these jobs: other files in jobs/ (earlier settings) are kept, never mixed in
     write_plan(run_dir, plan.jobs, suite=suite.name, recipe=recipe, command=" ".join(sys.argv))
-    todo = [j for j in plan.jobs if args.force or not store.done(j)]
+    digests = {m: method_code_digest(m) for m in {j.method for j in plan.jobs}}
+    todo, stale = [], []
+    for j in plan.jobs:
+        if args.force or not store.done(j):
+            todo.append(j)
+        elif store.load(j).get("code_digest") != digests[j.method]:
+            stale.append(j)
+    if stale:
+        what = ", ".join(sorted({j.method for j in stale}))
+        if getattr(args, "reuse_stale", False):
+            print(f"reusing {len(stale)} stale job(s) computed by other code ({what}); their results may differ "
+                  "from this code's: " + "; ".join(j.label for j in stale[:10]) + (" ..." if len(stale) > 10 else ""),
+                  file=sys.stderr)
+        else:
+            print(f"recomputing {len(stale)} finished job(s) whose code changed since ({what}); "
+                  "--reuse-stale keeps them", file=sys.stderr)
+            todo += stale
     # longest jobs first (registry job_cost: seconds per job measured on the small cohort), so the
     # workers finish together instead of one of them running the last slow job alone
     todo.sort(key=lambda j: -registry.get(j.method).job_cost)
     print(f"{suite.name}: {len(plan.jobs)} jobs ({len(plan.jobs) - len(todo)} finished and reused, "
           f"{len(todo)} to run) -> {run_dir}", file=sys.stderr)
     ctx = RunContext(suite.name, str(run_dir), src, ext_src if ext_cohort is not None else None,
-                     suite.external_task, protocol.to_dict())
+                     suite.external_task, protocol.to_dict(), digests)
     results = []
     bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=args.no_progress or not todo)
     for r in run_jobs(todo, ctx, executor=args.executor, workers=args.workers,
@@ -407,7 +442,8 @@ def main(args) -> int:
                "protocol_hash": protocol.hash(), "method_params": overrides, "recipe": recipe,
                "recipes": {m: r.to_dict() for m, r in plan.recipes.items()}, "params_source": params_source, "methods": methods, "tasks": tasks, "grids": grids,
                "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo),
-               "n_failed": len(failed), "skipped_methods": plan.skipped_methods,
+               "n_failed": len(failed), "skipped_methods": plan.skipped_methods, "code_digests": digests,
+               "stale_reused": [j.label for j in stale] if getattr(args, "reuse_stale", False) else [],
                "skipped_slides": [dataclasses.asdict(p) for p in cohort.skipped] if cohort.skipped else [],
                "class_counts": {t: cohort.class_counts(t) for t in tasks},
                "paper_counts": {t: suite.tasks[t].paper_counts for t in tasks},

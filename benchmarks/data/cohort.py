@@ -177,8 +177,11 @@ def _files(src: CohortSource) -> Cohort:
     if manifest.empty:
         raise DataError(kept, header=f"no usable slide left in {src.manifest}")
     has_coords = all(coords.get(s) is not None for s in manifest["slide_id"])
+    from benchmarks.provenance import contents_fingerprint
+
+    sids = list(manifest["slide_id"])  # feature contents, hashed once per (path, size, mtime)
     fp = _fingerprint({"kind": "files", "manifest": int(pd.util.hash_pandas_object(manifest).sum()),
-                       "files": sorted((s, Path(paths[s]).stat().st_size) for s in manifest["slide_id"]),
+                       "files": sorted(zip(sids, contents_fingerprint(paths[s] for s in sids))),
                        "omics": None if omics is None else int(pd.util.hash_pandas_object(omics).sum())})
     return Cohort(name=src.name, manifest=manifest, features=feats, coords=coords if has_coords else None,
                   omics=omics, fingerprint=fp, source=src, skipped=kept)
