@@ -452,6 +452,9 @@ def main(args) -> int:
     atomic_write_json(run_dir / "summary.json", summary)
     write_tables(run_dir)
     print(f"wall time {summary['wall_s']:.1f} s; results in {run_dir}", file=sys.stderr)
+    if failed:  # the last line says why, not only a traceback far above
+        print(f"error: {len(failed)} of {len(todo)} job(s) failed, e.g. {failed[0]['label']}: {failed[0]['error']}. "
+              "The tables mark them (k/n) and name each; rerun the same command to retry them.", file=sys.stderr)
     if not getattr(args, "no_tracking", False):
         from benchmarks.tracking import log_run_safely  # never fails the run: JSON results are the truth
 

@@ -86,7 +86,7 @@ def test_a_method_that_fails_everywhere_keeps_its_row(two_settings, tmp_path):
     assert row.startswith("| ABMIL (failed)") and "– (0/5)" in row and "out of memory" in md
 
 
-def test_runner_writes_a_failed_record_that_the_next_run_retries(tmp_path, monkeypatch):
+def test_runner_writes_a_failed_record_that_the_next_run_retries(tmp_path, monkeypatch, capsys):
     from baselines import abmil
 
     calls = {"n": 0}
@@ -100,7 +100,10 @@ def test_runner_writes_a_failed_record_that_the_next_run_retries(tmp_path, monke
 
     monkeypatch.setattr(abmil.ABMIL, "forward", broken)
     out = tmp_path / "run"
+    capsys.readouterr()
     assert main(ARGS + ["--folds", "0,1", "--out", str(out)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: 2 of 2 job(s) failed") and "simulated failure" in last
     recs = [json.loads(p.read_text()) for p in (out / "jobs").glob("*.json")]
     assert len(recs) == 2 and all(r["status"] == "failed" and "simulated failure" in r["error"] for r in recs)
     md = _table1(out)
@@ -147,3 +150,17 @@ def test_tables_ci_adds_t_intervals_of_the_means(two_settings, tmp_path):
     v = 100 * m[(m.metric == "auc") & (m.split == "test")]["value"].to_numpy()
     h = sps.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
     assert f"[{v.mean() - h:.1f}, {v.mean() + h:.1f}]" in row
+
+
+def test_a_corrupt_metric_names_the_job_file(two_settings, tmp_path):
+    _, clean, _ = two_settings
+    run = tmp_path / "run"
+    shutil.copytree(clean, run)
+    f = run / "jobs" / f"{read_plan(run)[2]['hash']}.json"
+    d = json.loads(f.read_text())
+    d["metrics"]["test"]["auc"] = "n/a"
+    f.write_text(json.dumps(d))
+    with pytest.warns(UserWarning, match=f.name):
+        report.write_all(run, figure_formats=())
+    row = next(line for line in _table1(run).splitlines() if line.startswith("| ABMIL"))
+    assert "(4/5)" in row and "bad metric or prediction" in _table1(run)
