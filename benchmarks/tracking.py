@@ -387,10 +387,13 @@ def job_frame(parent: Any, metric: str = "auc", split: str = "test") -> pd.DataF
     return out.dropna(subset=["value"])[cols].reset_index(drop=True)
 
 
-def compare_frame(long: pd.DataFrame, by: str, rows: Sequence[str], groups: Sequence[str] | None = None) -> pd.DataFrame:
+def compare_frame(long: pd.DataFrame, by: str, rows: Sequence[str], groups: Sequence[str] | None = None,
+                  test: bool = True) -> pd.DataFrame:
     """One line per ``rows`` key: mean/std per ``by`` group; for each group after the first, the
     mean paired difference to the first (pairs: same fold and seed), the Nadeau & Bengio corrected
-    resampled t-test (``stats.corrected_ttest``) and Holm's adjustment over every test in the table."""
+    resampled t-test (``stats.corrected_ttest``) and Holm's adjustment over every test in the table.
+    ``test=False`` (the external cohort: every fold model scores one shared test set, so fold values
+    are not independent) reports the differences without p-values."""
     from benchmarks import stats as st
 
     groups = list(groups or dict.fromkeys(long[by]))
@@ -415,7 +418,7 @@ def compare_frame(long: pd.DataFrame, by: str, rows: Sequence[str], groups: Sequ
             p = t = np.nan
             n_tr = pair["n_train_a"].fillna(pair["n_train_b"]).to_numpy(dtype=float) if d.size else np.array([])
             n_te = pair["n_test_a"].fillna(pair["n_test_b"]).to_numpy(dtype=float) if d.size else np.array([])
-            if d.size >= 2 and np.all(np.isfinite(n_tr)) and np.all(np.isfinite(n_te)):
+            if test and d.size >= 2 and np.all(np.isfinite(n_tr)) and np.all(np.isfinite(n_te)):
                 t, p = st.corrected_ttest(d, n_tr, n_te)
             rec[f"{g}|t"], rec[f"{g}|p"] = t, p
         recs.append(rec)
@@ -490,8 +493,14 @@ def compare(parents: Sequence[str] = (), methods: Sequence[str] = (), parent: st
         raise ValueError("compare needs --parents A,B[,...] (two or more) or --methods M1,M2[,...]")
     if long.empty:
         raise ValueError(f"no job runs with a {split} {metric} to compare")
-    df = compare_frame(long, "group", rows, groups)
-    return df, render(df, rows, groups)
+    external = split == "external"
+    df = compare_frame(long, "group", rows, groups, test=not external)
+    text = render(df, rows, groups)
+    if external:
+        text += ("\nExternal cohort: every fold model scores the same patients, so the fold values are not "
+                 "independent and no fold-wise test is valid; no p-values. `tables` tests the external AUC "
+                 "with DeLong on fold-averaged patient scores (Table 2).\n")
+    return df, text
 
 
 def _matches(method: str, variant: str, wanted: Iterable[str]) -> bool:

@@ -185,3 +185,15 @@ def test_mlflow_ui_lists_the_runs(store):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_compare_gives_no_fold_wise_p_values_on_the_external_cohort():
+    """Fold values on one shared external set are not independent (#18 item 4): differences only."""
+    long = pd.DataFrame({"group": ["a"] * 5 + ["b"] * 5, "method": "abmil", "variant": "default", "task": "odx",
+                         "fold": list(range(5)) * 2, "seed": 0,
+                         "value": [0.70, 0.71, 0.69, 0.72, 0.70, 0.75, 0.76, 0.74, 0.77, 0.75],
+                         "n_train": 100.0, "n_test": 60.0})
+    internal = tracking.compare_frame(long, "group", ["task"], ["a", "b"])
+    external = tracking.compare_frame(long, "group", ["task"], ["a", "b"], test=False)
+    assert internal["b|p"].iloc[0] < 0.05                                   # would be "significant"
+    assert np.isnan(external["b|p"].iloc[0]) and external["b|diff"].iloc[0] == pytest.approx(0.05)
