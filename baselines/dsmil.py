@@ -69,6 +69,7 @@ INITS = ("orthogonal", "torch", "zero_heads")
 class DSMILConfig:
     nonlinear: bool = True  # train_tcga.py --non_linearity 1 (q = Linear-ReLU-Linear-Tanh)
     passing_v: bool = False  # train_tcga.py never sets it: V = Identity
+    v_relu: bool = True  # passing_v's V = Dropout-Linear-ReLU (dsmil.py HEAD); False: Dropout-Linear (paper-era dsmil.py)
     dropout_v: float = 0.0  # train_tcga.py --dropout_node 0 (only used when passing_v)
     dropout_patch: float = 0.0  # train_tcga.py --dropout_patch 0 (training-time patch dropout rate)
     bag_loss_weight: float = 0.5  # train_tcga.py train(): loss = 0.5*bag_loss + 0.5*max_loss
@@ -94,14 +95,15 @@ class BClassifier(nn.Module):
     """Bag stream (``dsmil.py`` ``BClassifier``; key names kept so official weights load)."""
 
     def __init__(self, input_size: int, output_class: int, dropout_v: float = 0.0,
-                 nonlinear: bool = True, passing_v: bool = False):
+                 nonlinear: bool = True, passing_v: bool = False, v_relu: bool = True):
         super().__init__()
         if nonlinear:
             self.q = nn.Sequential(nn.Linear(input_size, Q_DIM), nn.ReLU(), nn.Linear(Q_DIM, Q_DIM), nn.Tanh())
         else:
             self.q = nn.Linear(input_size, Q_DIM)
         if passing_v:
-            self.v = nn.Sequential(FastDropout(dropout_v), nn.Linear(input_size, input_size), nn.ReLU())
+            self.v = nn.Sequential(FastDropout(dropout_v), nn.Linear(input_size, input_size),
+                                   *([nn.ReLU()] if v_relu else []))
         else:
             self.v = nn.Identity()
         # Conv1d(C, C, kernel=D): logit_o = sum_c sum_d W[o, c, d] B[c, d] + b_o (classes mix)
@@ -137,7 +139,7 @@ class DSMIL(MILModel):
     def __init__(self, in_dim: int, n_classes: int = 2, nonlinear: bool = True, passing_v: bool = False,
                  dropout_v: float = 0.0, dropout_patch: float = 0.0, bag_loss_weight: float = 0.5,
                  max_loss_weight: float = 0.5, init: str = "zero_heads", seed: int | None = None,
-                 single_logit: bool = False, loss_scale_neg_over_pos: bool = False):
+                 single_logit: bool = False, loss_scale_neg_over_pos: bool = False, v_relu: bool = True):
         super().__init__()
         n_classes = 1 if single_logit else n_classes
         self.loss_scale_neg_over_pos = loss_scale_neg_over_pos
@@ -151,7 +153,7 @@ class DSMIL(MILModel):
         self.seed = seed
         self._generator: torch.Generator | None = None
         self.i_classifier = FCLayer(in_dim, n_classes)
-        self.b_classifier = BClassifier(in_dim, n_classes, dropout_v, nonlinear, passing_v)
+        self.b_classifier = BClassifier(in_dim, n_classes, dropout_v, nonlinear, passing_v, v_relu)
         if init not in INITS:
             raise ValueError(f"dsmil: init must be one of {INITS}, got {init!r}")
         if init in ("orthogonal", "zero_heads"):
@@ -279,7 +281,8 @@ RECIPE = Recipe(
 CLASSIC_MIL_RECIPE = Recipe(
     name="official", optimizer="adam", betas=(0.5, 0.9), lr=2e-4, weight_decay=5e-3, epochs=40,
     scheduler="cosine", eta_min=0.0, grad_clip=None, monitor="none", patience=None, balanced_sampling=False,
-    hparams={"single_logit": True, "init": "torch", "loss_scale_neg_over_pos": True, "nonlinear": True},
+    hparams={"single_logit": True, "init": "torch", "loss_scale_neg_over_pos": True,
+             "nonlinear": False, "passing_v": True, "v_relu": False},
     sources={
         "optimizer": f"{DSMIL_REPO} train_mil.py:L174 (Adam, betas (0.5, 0.9))",
         "lr": f"{DSMIL_REPO} train_mil.py:L115 (2e-4)",
@@ -292,7 +295,12 @@ CLASSIC_MIL_RECIPE = Recipe(
         "loss_scale_neg_over_pos": f"{DSMIL_REPO} train_mil.py:L106-110, L172-173 (BCEWithLogitsLoss(pos_weight) "
                                    "passes #neg/#pos positionally, as the uniform weight)",
         "loss": f"{DSMIL_REPO} train_mil.py:L52-54 (0.5 bag + 0.5 max-instance BCE)",
-        "nonlinear": f"{DSMIL_REPO} dsmil.py:L28-41 (BClassifier defaults: nonlinear q, v identity)",
+        "nonlinear": "binli123/dsmil-wsi@fa97494 dsmil.py:L29-35, the model of the paper's benchmark table "
+                     "(q = Linear(K, 128), v = Dropout(0) + Linear(K, K); research/literature_protocols.md 2c, "
+                     "'Model drift'); HEAD (dsmil.py:L28-41: non-linear q, identity v) is `nonlinear=True, "
+                     "passing_v=False`: on the same first-repeat folds, as published, the paper-era model gave "
+                     "MUSK1 97.8 / MUSK2 95.0 / Elephant 94.5 against HEAD's 93.3 / 87.0 / 92.5",
+        "passing_v": "binli123/dsmil-wsi@fa97494 dsmil.py:L29-35 (v = Dropout(0) + Linear(K, K), no ReLU: v_relu=False)",
     },
     notes="The script's reported number (max test accuracy over epochs, threshold on the test fold's ROC) is a "
           "protocol choice, reproduced by `reproduce --protocol as-published` only. Instances are shuffled in "
