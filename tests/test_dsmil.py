@@ -187,3 +187,25 @@ def test_dsmil_from_official_checks_shapes():
     with pytest.raises(ValueError, match="i_classifier"):
         from_official(fx["state_dict"], input_size=512, output_class=2)
     assert isinstance(from_official(fx["state_dict"]), DSMIL)  # sizes read from the weights
+
+
+def test_paper_era_model_is_linear_q_and_linear_v():
+    """The classic benchmark recipe's model: dsmil.py as it was for the paper's table (fa97494:
+    q = Linear(K, 128), v = Dropout(0) + Linear(K, K), no ReLU); HEAD's v ends in a ReLU."""
+    from torch import nn
+
+    from baselines.dsmil import CLASSIC_MIL_RECIPE
+
+    m = DSMIL(16, 2, **{k: v for k, v in CLASSIC_MIL_RECIPE.hparams.items()})
+    b = m.b_classifier
+    assert isinstance(b.q, nn.Linear) and (b.q.in_features, b.q.out_features) == (16, 128)
+    assert [type(x).__name__ for x in b.v] == ["FastDropout", "Linear"]
+    head = DSMIL(16, 2, passing_v=True)
+    assert [type(x).__name__ for x in head.b_classifier.v] == ["FastDropout", "Linear", "ReLU"]
+    torch.manual_seed(0)
+    bag = make_bag(12, 16, label=1)
+    with torch.no_grad():
+        b.v[1].weight.copy_(-torch.eye(16))   # negative values survive only without the ReLU
+        b.v[1].bias.zero_()
+        v = b.v(bag.features)
+    assert torch.allclose(v, -bag.features) and (v < 0).any()
