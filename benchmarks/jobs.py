@@ -71,19 +71,7 @@ class Job:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_jsonable)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_jsonable))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -122,14 +110,19 @@ class ResultStore:
     def path(self, job: Job) -> Path:
         return self.dir / f"{job.hash}.json"
 
-    def done(self, job: Job) -> bool:
+    def finished(self, job: Job) -> dict[str, Any] | None:
+        """The job's result if it finished (status ok), else None (missing, failed or truncated)."""
         p = self.path(job)
         if not p.exists():
-            return False
+            return None
         try:
-            return json.loads(p.read_text()).get("status") == "ok"
+            d = json.loads(p.read_text())
         except (json.JSONDecodeError, OSError):
-            return False  # a truncated file is recomputed
+            return None  # a truncated file is recomputed
+        return d if isinstance(d, dict) and d.get("status") == "ok" else None
+
+    def done(self, job: Job) -> bool:
+        return self.finished(job) is not None
 
     def save(self, job: Job, result: dict[str, Any]) -> Path:
         p = self.path(job)
@@ -156,8 +149,7 @@ class ResultStore:
 # The run's plan
 # ------------------------------------------------------------------------------------------
 def plan_entry(job: Job) -> dict[str, Any]:
-    return {"hash": job.hash, "grid": job.grid, "method": job.method,
-            "variant": canonical_variant(job.method, job.variant), "task": job.task,
+    return {"hash": job.hash, "grid": job.grid, "method": job.method, "variant": job.variant, "task": job.task,
             "fold": int(job.fold), "seed": int(job.seed)}
 
 
@@ -221,6 +213,7 @@ class PlannedJob:
     data: dict[str, Any] | None = None
     problem: str = ""
     detail: str = ""
+    raw: bytes = b""  # the file's bytes (MLflow sync digests them)
 
     @property
     def label(self) -> str:
@@ -239,7 +232,8 @@ def load_planned(run_dir: Path) -> list[PlannedJob]:
             pj.problem, pj.detail = "missing", "no result file (not run yet, interrupted or deleted)"
         else:
             try:
-                d = json.loads(path.read_text())
+                pj.raw = path.read_bytes()
+                d = json.loads(pj.raw)
                 if not isinstance(d, dict) or not isinstance(d.get("job"), dict):
                     raise ValueError("not a job result")
                 if d["job"].get("hash", e["hash"]) != e["hash"]:

@@ -18,7 +18,6 @@ import importlib
 import json
 import os
 import sys
-import threading
 import types
 from pathlib import Path
 from typing import Iterable
@@ -93,9 +92,6 @@ def code_modules(build_module: str) -> list[str]:
 # ------------------------------------------------------------------------------------------
 # File contents, hashed once
 # ------------------------------------------------------------------------------------------
-_LOCK = threading.Lock()
-
-
 def _cache_path() -> Path:
     return Path(os.environ.get("MOMKD_CACHE_DIR", "results/cache")) / "file_digests.json"
 
@@ -130,11 +126,10 @@ def contents_fingerprint(paths: Iterable[str | os.PathLike]) -> list[str]:
     n0 = len(cache)
     out = [content_sha256(p, cache) for p in paths]
     if len(cache) != n0:
-        with _LOCK:
-            try:
-                from benchmarks.jobs import atomic_write_json
+        try:
+            from benchmarks.jobs import atomic_write_json
 
-                atomic_write_json(cpath, cache)
-            except OSError:
-                pass  # a read-only cache folder only costs rehashing next time
+            atomic_write_json(cpath, cache)
+        except OSError:
+            pass  # a read-only cache folder only costs rehashing next time
     return out

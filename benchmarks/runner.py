@@ -203,13 +203,13 @@ def check_planned_omics(cohort: Cohort, jobs: list[Job], tasks: list[str]) -> No
     from benchmarks.data.errors import DataError
     from benchmarks.data.validate import validate_cohort
 
-    omics_tasks = sorted({j.task for j in jobs if "omics_train" in registry.get(j.method).needs})
+    omics_jobs = [j for j in jobs if "omics_train" in registry.get(j.method).needs]
+    omics_tasks = sorted({j.task for j in omics_jobs})
     if not omics_tasks or cohort.omics is None:
         return
-    man = cohort.manifest
-    problems = validate_cohort(man, None, cohort.omics, need_omics=True, tasks=omics_tasks)
+    problems = validate_cohort(cohort.manifest, None, cohort.omics, need_omics=True, tasks=omics_tasks)
     if problems:
-        methods = sorted({j.method for j in jobs if "omics_train" in registry.get(j.method).needs})
+        methods = sorted({j.method for j in omics_jobs})
         raise DataError(problems, header=f"{len(problems)} slide(s) of task(s) {omics_tasks} lack omics that "
                         f"{', '.join(methods)} need at training (drop those slides from the manifest, add their "
                         "omics, or leave these methods out with --methods):")
@@ -258,9 +258,8 @@ def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str
             raise FileNotFoundError(f"{d / files.get('manifest', 'manifest.csv')} not found: --data needs the manifest "
                                     "CSV described in README 'Run on your own features'")
         return main, src("external_manifest", "external_features", suite.name + "_external"), f"data-{d.name}"
-    sim = suite.raw.get("simulated", {})
-    scale = args.scale or sim.get("scale", "small")
-    seed = int(sim.get("seed", 0))
+    scale = default_scale(suite, args)
+    seed = int(suite.raw.get("simulated", {}).get("seed", 0))
     main = CohortSource(kind="simulated", name=suite.name, scale=scale, seed=seed, feature_dtype=args.feature_dtype)
     ext = dataclasses.replace(main, external=True)
     return main, ext, f"sim-{scale}"
@@ -404,9 +403,10 @@ def main(args) -> int:
     digests = {m: method_code_digest(m) for m in {j.method for j in plan.jobs}}
     todo, stale = [], []
     for j in plan.jobs:
-        if args.force or not store.done(j):
+        rec = None if args.force else store.finished(j)
+        if rec is None:
             todo.append(j)
-        elif store.load(j).get("code_digest") != digests[j.method]:
+        elif rec.get("code_digest") != digests[j.method]:
             stale.append(j)
     if stale:
         what = ", ".join(sorted({j.method for j in stale}))

@@ -237,7 +237,7 @@ def log_run(run_dir: str | Path, tracking_uri: str | None = None, experiment: st
         if pj.data is None:
             rep_skipped.append(f"{pj.path.name} ({pj.label}): {pj.problem} ({pj.detail.splitlines()[0] if pj.detail else ''})")
             continue
-        results.append((pj.path, pj.path.read_bytes(), pj.data))
+        results.append((pj.path, pj.raw, pj.data))
     suite = summary.get("suite") or (results[0][2]["job"].get("suite") if results else None) or "benchmarks"
     uri = resolve_uri(tracking_uri)
     cl = client(uri)
