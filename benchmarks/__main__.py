@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import signal
 import sys
+import threading
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -29,6 +31,10 @@ COMMANDS = {
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -61,9 +67,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: command {args.command} is unavailable: {args._unavailable}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[args.command][0])
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # a scheduler's stop: clean up as after Ctrl-C
     try:
         return int(module.main(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as e:
         if args.debug:
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -11,7 +11,6 @@ and the selected validation AUC and the test AUC, means over folds. Nothing is t
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any

@@ -124,6 +124,18 @@ class ResultStore:
     def done(self, job: Job) -> bool:
         return self.finished(job) is not None
 
+    def finished_since(self, job: Job, t: float) -> dict[str, Any] | None:
+        """The job's finished result if its file was written at or after ``t`` (epoch seconds)."""
+        try:
+            if self.path(job).stat().st_mtime < t:
+                return None
+        except FileNotFoundError:
+            return None
+        return self.finished(job)
+
+    def lock_path(self, job: Job) -> Path:
+        return self.dir / f"{job.hash}.lock"
+
     def save(self, job: Job, result: dict[str, Any]) -> Path:
         p = self.path(job)
         atomic_write_json(p, {"job": job.to_dict(), **result})

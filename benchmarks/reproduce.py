@@ -38,6 +38,7 @@ import pandas as pd
 from benchmarks import registry
 from benchmarks.data.cohort import CohortSource, load_cohort
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
+from benchmarks.locks import file_lock
 from benchmarks.literature import (MODES, LiteratureProtocol, fold_value, literature_splits, load_protocols,
                                    load_published, max_over_epochs, spread)
 from benchmarks.protocol import ProtocolConfig, load_splits, save_splits
@@ -59,6 +60,7 @@ class ReproContext:
     sources: dict[str, CohortSource]  # suite -> its cohort (raw features: the protocols normalise)
     tasks: dict[str, str]  # suite -> task
     protocol: dict[str, Any]  # ProtocolConfig fields (device, determinism, ...)
+    started: float = 0.0  # time.time() when planned: results written after it come from a concurrent run
 
 
 def suite_plan(suite: Suite) -> dict[str, Any]:
@@ -119,11 +121,21 @@ def _normalise(norm: str, train: list, val: list, test: list, every: list) -> tu
 
 
 def execute_repro_job(job: Job, ctx: ReproContext) -> dict[str, Any]:
-    """Train one fold of one protocol mode, compute its fold value, save the job file."""
-    from benchmarks.engine import run_job, seed_everything
-
+    """Train one fold of one protocol mode, compute its fold value, save the job file (once, also
+    when two invocations share the folder: the job's lock)."""
     t0 = time.perf_counter()
     store = ResultStore(Path(ctx.out_dir))
+    with file_lock(store.lock_path(job), _label(job)):
+        done = store.finished_since(job, ctx.started)
+        if done is not None:
+            return {"hash": job.hash, "label": _label(job), "status": "ok", "value": done["literature"]["value"],
+                    "seconds": time.perf_counter() - t0, "by_other_run": True}
+        return _execute(job, ctx, store, t0)
+
+
+def _execute(job: Job, ctx: ReproContext, store: ResultStore, t0: float) -> dict[str, Any]:
+    from benchmarks.engine import run_job, seed_everything
+
     _, proto_name, mode = job.grid.split("/")
     try:
         proto = load_protocols()[proto_name]
@@ -383,7 +395,7 @@ def main(args) -> int:
     from tqdm.auto import tqdm
 
     from benchmarks.engine import environment
-    from benchmarks.executors import run_local
+    from benchmarks.executors import interrupted, run_local
 
     t0 = time.perf_counter()
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -395,6 +407,7 @@ def main(args) -> int:
     modes = [args.protocol] if args.protocol else list(MODES)
     out = Path(args.out)
     cells, ctx, skipped = plan(suites, methods, modes, args.recipe, out, args.repeats, args.max_epochs)
+    ctx = dataclasses.replace(ctx, started=time.time())
     for s in skipped:
         print(f"skipping {s}", file=sys.stderr)
     store = ResultStore(out)
@@ -405,12 +418,19 @@ def main(args) -> int:
           file=sys.stderr)
     failed = []
     bar = tqdm(total=len(todo), desc="folds", unit="job", disable=args.no_progress or not todo)
-    for r in run_local(todo, ctx, args.workers, fn=execute_repro_job):
-        if r["status"] != "ok":
-            failed.append({"label": r["label"], "error": r["error"]})
-            print(f"FAILED {r['label']}: {r['error']}\n{r['traceback']}", file=sys.stderr)
-        bar.set_postfix_str(f"{r['label']}: {r['status']}")
-        bar.update()
+    n_done = 0
+    try:
+        for r in run_local(todo, ctx, args.workers, fn=execute_repro_job):
+            if r["status"] != "ok":
+                failed.append({"label": r["label"], "error": r["error"]})
+                print(f"FAILED {r['label']}: {r['error']}\n{r['traceback']}", file=sys.stderr)
+            else:
+                n_done += 1
+            bar.set_postfix_str(f"{r['label']}: {r['status']}")
+            bar.update()
+    except KeyboardInterrupt:
+        bar.close()
+        return interrupted(n_done, len(todo), out / "jobs")
     bar.close()
     table, details = summarise(cells, out)
     env = environment()

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import registry
-from benchmarks.executors import EXECUTORS, run_jobs
+from benchmarks.executors import EXECUTORS, interrupted, run_jobs
 from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json, write_plan
+from benchmarks.locks import file_lock
 from benchmarks.protocol import (FEATURE_NORMS, ProtocolConfig, check_external_disjoint, load_splits, make_splits,
                                  save_splits)
 from benchmarks.recipes import RECIPES, resolve as resolve_recipe, split_train_params
@@ -48,6 +49,7 @@ class RunContext:
     external_task: str | None
     protocol: dict[str, Any]
     code_digests: dict[str, str] = field(default_factory=dict)  # method -> provenance.code_digest
+    started: float = 0.0  # time.time() when the run planned: results written after it are this run's
 
 
 def split_path(run_dir: Path, task: str, seed: int) -> Path:
@@ -86,12 +88,22 @@ def build_bags(cohort: Cohort, split, task: str, needs_omics: bool, protocol: Pr
 
 
 def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
-    """Run one job in this process and save its result; returns a short summary row."""
+    """Run one job in this process and save its result; returns a short summary row. A job that
+    another run on the same folder computed meanwhile (it held the job's lock) is not run again."""
+    store = ResultStore(Path(ctx.run_dir))
+    t0 = time.perf_counter()
+    with file_lock(store.lock_path(job), job.label):  # two runs on one folder compute a job once
+        done = store.finished_since(job, ctx.started)
+        if done is not None and done.get("code_digest") == ctx.code_digests.get(job.method, ""):
+            return {"hash": job.hash, "label": job.label, "status": "ok", "auc": done["metrics"]["test"]["auc"],
+                    "seconds": time.perf_counter() - t0, "by_other_run": True}
+        return _execute(job, ctx, store, t0)
+
+
+def _execute(job: Job, ctx: RunContext, store: ResultStore, t0: float) -> dict[str, Any]:
     from benchmarks.engine import run_job, seed_everything
 
-    store = ResultStore(Path(ctx.run_dir))
     protocol = ProtocolConfig.from_dict(ctx.protocol)
-    t0 = time.perf_counter()
     try:
         cohort = load_cohort(ctx.cohort)
         spec = registry.get(job.method)
@@ -401,6 +413,7 @@ def main(args) -> int:
     # the tables read exactly these jobs: other files in jobs/ (earlier settings) are kept, never mixed in
     write_plan(run_dir, plan.jobs, suite=suite.name, recipe=recipe, command=" ".join(sys.argv))
     digests = {m: method_code_digest(m) for m in {j.method for j in plan.jobs}}
+    started = time.time()
     todo, stale = [], []
     for j in plan.jobs:
         rec = None if args.force else store.finished(j)
@@ -424,16 +437,23 @@ def main(args) -> int:
     print(f"{suite.name}: {len(plan.jobs)} jobs ({len(plan.jobs) - len(todo)} finished and reused, "
           f"{len(todo)} to run) -> {run_dir}", file=sys.stderr)
     ctx = RunContext(suite.name, str(run_dir), src, ext_src if ext_cohort is not None else None,
-                     suite.external_task, protocol.to_dict(), digests)
+                     suite.external_task, protocol.to_dict(), digests, started)
     results = []
     bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=args.no_progress or not todo)
-    for r in run_jobs(todo, ctx, executor=args.executor, workers=args.workers,
-                      address=args.ray_address, gpus_per_job=args.gpus_per_job):
-        results.append(r)
-        bar.set_postfix_str(f"{r['label']}: {r['status']}")
-        bar.update()
+    try:
+        for r in run_jobs(todo, ctx, executor=args.executor, workers=args.workers,
+                          address=args.ray_address, gpus_per_job=args.gpus_per_job):
+            results.append(r)
+            bar.set_postfix_str(f"{r['label']}: {r['status']}")
+            bar.update()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the pool is stopped; finished jobs are on disk
+        bar.close()
+        return interrupted(sum(r["status"] == "ok" for r in results), len(todo), run_dir / "jobs")
     bar.close()
     failed = [r for r in results if r["status"] != "ok"]
+    by_other = sum(1 for r in results if r.get("by_other_run"))
+    if by_other:
+        print(f"{by_other} job(s) were computed meanwhile by another run on this folder and reused", file=sys.stderr)
     for r in failed:
         print(f"FAILED {r['label']}: {r['error']}\n{r['traceback']}", file=sys.stderr)
 
@@ -441,7 +461,7 @@ def main(args) -> int:
                "data_fingerprint": cohort.fingerprint, "protocol": protocol.to_dict(),
                "protocol_hash": protocol.hash(), "method_params": overrides, "recipe": recipe,
                "recipes": {m: r.to_dict() for m, r in plan.recipes.items()}, "params_source": params_source, "methods": methods, "tasks": tasks, "grids": grids,
-               "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo),
+               "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo) - by_other, "n_by_other_run": by_other,
                "n_failed": len(failed), "skipped_methods": plan.skipped_methods, "code_digests": digests,
                "stale_reused": [j.label for j in stale] if getattr(args, "reuse_stale", False) else [],
                "skipped_slides": [dataclasses.asdict(p) for p in cohort.skipped] if cohort.skipped else [],

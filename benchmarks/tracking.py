@@ -48,7 +48,9 @@ PARTS = ("val", "test", "external")
 METRICS = ("auc", "acc", "f1", "bacc", "auprc")
 # keep MLflow local and quiet: no usage telemetry, no progress bars, no git executable warnings
 _OFFLINE_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet"}
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "GIT_PYTHON_REFRESH": "quiet",
+                # a server that stops answering mid-sync: fail within about a minute, not MLflow's 7 retries
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2"}
 _BATCH = 900  # MLflow log_batch accepts 1000 metrics / 100 params per call
 
 
@@ -63,12 +65,40 @@ def _mlflow():
 
 
 def resolve_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the local SQLite store (its folder is created)."""
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the local SQLite store (its folder is created).
+    A tracking server (http/https) must answer within ``PROBE_TIMEOUT_S``, else ConnectionError:
+    MLflow's own client retries an unreachable server for minutes."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
     path = _sqlite_path(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith(("http://", "https://")):
+        check_reachable(uri)
     return uri
+
+
+PROBE_TIMEOUT_S = 5.0
+_REACHABLE: set[str] = set()
+
+
+def check_reachable(uri: str, timeout: float | None = None) -> None:
+    """Any HTTP answer from the server (even 401/404) counts; a refused connection, a DNS failure or
+    no answer within the timeout raises ConnectionError naming the server."""
+    import urllib.error
+    import urllib.request
+
+    if uri in _REACHABLE:
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        urllib.request.urlopen(url, timeout=timeout or PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConnectionError(f"MLflow server {uri} did not answer within {timeout or PROBE_TIMEOUT_S:g} s "
+                              f"({reason})") from None
+    _REACHABLE.add(uri)
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -49,13 +49,14 @@ import hashlib
 import json
 import math
 import os
-import socket
 import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from benchmarks.locks import holder_dead, worker_id
 
 DEFAULT_STORAGE = "sqlite:///results/optuna.db"
 
@@ -256,7 +257,7 @@ def make_objective(cfg: TuneConfig) -> Callable[[Any], float]:
     cohort = load_cohort(cfg.source)
     splits = make_splits(cohort.manifest, cfg.task, protocol.n_folds, protocol.val_frac, seed=cfg.seed)
     spec = registry.get(cfg.method)
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker_id()
 
     from benchmarks.recipes import shared_recipe, split_train_params
     from momkd.recipe import Recipe
@@ -264,10 +265,10 @@ def make_objective(cfg: TuneConfig) -> Callable[[Any], float]:
     base_recipe = Recipe.from_dict(cfg.train) if cfg.train else shared_recipe(protocol)
 
     def objective(trial: "optuna.Trial") -> float:
+        trial.set_user_attr("worker", worker)  # first: a killed worker's trial is then recognisably dead
         suggested, train = split_train_params({p.name: p.suggest(trial) for p in cfg.space})
         hparams = spec.hparams(cfg.variant, {**cfg.base_params, **suggested}, base=base_recipe.hparams)
         recipe = base_recipe.replace(**train)
-        trial.set_user_attr("worker", worker)
         aucs: list[float] = []
         for step, f in enumerate(cfg.folds):
             t0 = time.perf_counter()
@@ -390,19 +391,37 @@ def open_study(cfg: TuneConfig, data_fingerprint: str, protocol_hash: str):
     return study
 
 
+def fail_dead_trials(study: Any) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker (user attribute ``worker``, ``host:pid``) ran on
+    this host and is gone: a tune that was killed. Optuna's heartbeat does the same for other
+    hosts, after its grace period."""
+    import optuna
+
+    dead = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if holder_dead(str(t.user_attrs.get("worker", "")))]
+    for n in dead:
+        study.tell(n, state=optuna.trial.TrialState.FAIL)
+    if dead:
+        print(f"study {study.study_name}: trial(s) {dead} were left running by a killed tune; marked failed",
+              file=sys.stderr)
+    return dead
+
+
 def _open(cfg: TuneConfig) -> Any:
-    """Open (or create) the study with the identity of this cohort and protocol."""
+    """Open (or create) the study with the identity of this cohort and protocol; trials of a killed
+    earlier tune on this host are marked failed."""
     from benchmarks.data.cohort import load_cohort
     from benchmarks.protocol import ProtocolConfig
 
     cohort = load_cohort(cfg.source)
-    return open_study(cfg, cohort.fingerprint, ProtocolConfig.from_dict(cfg.protocol).hash())
+    study = open_study(cfg, cohort.fingerprint, ProtocolConfig.from_dict(cfg.protocol).hash())
+    fail_dead_trials(study)
+    return study
 
 
 def optimize(cfg: TuneConfig, n_trials: int, timeout: float | None = None) -> Any:
     """One worker: add ``n_trials`` trials to the shared study (errors inside a trial such as a
     non-finite loss fail that trial only). Returns the study."""
-    import optuna
     import torch
 
     study = _open(cfg)
@@ -412,27 +431,29 @@ def optimize(cfg: TuneConfig, n_trials: int, timeout: float | None = None) -> An
     return study
 
 
-def _worker(cfg: TuneConfig, n_trials: int, threads: int, timeout: float | None) -> int:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
+def _worker(cfg: TuneConfig, n_trials: int, timeout: float | None) -> int:
     study = optimize(cfg, n_trials, timeout)
     return len(study.trials)
 
 
 def run_workers(cfg: TuneConfig, n_trials: int, workers: int, timeout: float | None = None,
                 start_method: str = "spawn") -> None:
-    """``workers`` local processes on one study, splitting ``n_trials`` between them."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    """``workers`` local processes on one study, splitting ``n_trials`` between them (each with
+    cores // workers torch threads; Ctrl-C stops them, and they exit if this process dies)."""
+    from benchmarks.executors import process_pool, stop_pool
 
     _open(cfg)  # create the storage and the study once, before the workers join it
     shares = [n_trials // workers + (1 if i < n_trials % workers else 0) for i in range(workers)]
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(start_method)) as ex:
-        futs = [ex.submit(_worker, cfg, s, threads, timeout) for s in shares if s > 0]
+    ex = process_pool(workers, start_method)
+    try:
+        futs = [ex.submit(_worker, cfg, s, timeout) for s in shares if s > 0]
         for f in futs:
             f.result()
+    except BaseException:
+        stop_pool(ex)
+        fail_dead_trials(_open(cfg))  # the stopped workers' trials
+        raise
+    ex.shutdown(wait=True)
 
 
 # ------------------------------------------------------------------------------------------

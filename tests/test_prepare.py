@@ -142,8 +142,8 @@ def test_recurrence_score_matches_hand_computed_values():
     # d: 3.76 - 2.72 + 8.32 + 0.8 + 0.4 - 0.64 - 0.56 = 9.36 -> 53.2
     np.testing.assert_allclose(rs["rs"], [76.4, 100.0, 35.6, 53.2], atol=1e-9)
     np.testing.assert_allclose(rs["rsu"], [10.52, 17.55, 8.48, 9.36], atol=1e-9)
-    np.testing.assert_allclose(rs["grb7_group"], [8, 15, 8, 8]) and np.testing.assert_allclose(
-        rs["proliferation_group"], [6.5, 15, 6.5, 8])
+    np.testing.assert_allclose(rs["grb7_group"], [8, 15, 8, 8])
+    np.testing.assert_allclose(rs["proliferation_group"], [6.5, 15, 6.5, 8])
 
 
 def test_odx_cut_is_the_85th_percentile_of_hr_positive_her2_negative_and_applies_to_all():

@@ -94,3 +94,41 @@ def test_config_prints_exactly_the_protocol_run_uses(tmp_path, capsys):
     assert main(["config", "--suite", "tcga_brca"]) == 0             # no flags: the default command's
     default = json.loads(capsys.readouterr().out)
     assert default["scale"] == "small" and default["protocol"]["max_epochs"] == 8
+
+
+def test_no_choice_made_while_training_sees_the_test_part(tmp_path, monkeypatch):
+    """A spy on every prediction: early stopping (fit) and the threshold (evaluate) read exactly the
+    fold's validation slides; the test slides are only scored, after training. A runner or engine
+    that passed the test part as validation fails here."""
+    import inspect
+
+    import numpy as np
+
+    from benchmarks import engine, metrics
+    from benchmarks.protocol import load_splits
+
+    calls: list[tuple[str, frozenset]] = []
+    thresholds: list[int] = []
+    real_predict, real_choose = engine.predict, metrics.choose_threshold
+
+    def spy_predict(model, bags, *a, **k):
+        calls.append((inspect.stack()[1].function, frozenset(b.slide_id for b in bags)))
+        return real_predict(model, bags, *a, **k)
+
+    def spy_choose(y, p, *a, **k):
+        thresholds.append(len(np.asarray(y)))
+        return real_choose(y, p, *a, **k)
+
+    monkeypatch.setattr(engine, "predict", spy_predict)
+    monkeypatch.setattr(engine, "choose_threshold", spy_choose)
+    out = tmp_path / "run"
+    assert main(ARGS + ["--folds", "1", "--out", str(out), "--threshold", "val_youden", "--max-epochs", "3"]) == 0
+    split = load_splits(out / "splits" / "her2_seed0.csv")[1]
+    val, test = frozenset(split.val), frozenset(split.test)
+    assert val and test and not val & test
+    fit_calls = [ids for fn, ids in calls if fn == "fit"]
+    eval_calls = [ids for fn, ids in calls if fn == "evaluate"]
+    assert len(fit_calls) >= 1 and all(ids == val for ids in fit_calls)  # early stopping: validation only
+    assert eval_calls[0] == val and thresholds == [len(split.val)]        # the threshold: validation only
+    assert eval_calls[1:] == [test]                                        # then the test part is scored
+    assert {fn for fn, _ in calls} <= {"fit", "evaluate"}
