@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from benchmarks.data.normalize import FeatureScaler
 from benchmarks.metrics import binary_metrics, choose_threshold
 from benchmarks.protocol import Split
 
@@ -207,3 +208,12 @@ def spread(values: pd.DataFrame, how: str) -> tuple[float, str]:
         return float(np.std(v)), "std_folds"  # numpy's population std, as train_mil.py prints
     sd = float(np.std(means, ddof=1))
     return (sd / np.sqrt(len(means)) if how == "sem_repeats" else sd), how
+
+
+def normalise(norm: str, train: list, val: list, test: list, every: list) -> tuple[list, list, list]:
+    """``dataset_zscore`` fits on every bag of the data set (as published: the test bags included),
+    ``train_zscore`` on the training part only, ``none`` keeps the features."""
+    if norm == "none":
+        return train, val, test
+    scaler = FeatureScaler().fit(every if norm == "dataset_zscore" else train)
+    return scaler.transform(train), scaler.transform(val), scaler.transform(test)

@@ -74,14 +74,23 @@ def _source_sha(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def code_digest(build_module: str) -> str:
-    """Digest of the code behind one method's results: its module closure plus the pipeline's."""
-    mods = module_closure([build_module, *PIPELINE])
+def code_digest(build_module: str, extra: tuple[str, ...] = ()) -> str:
+    """Digest of the code behind one method's results: its module closure plus the pipeline's
+    (and ``extra`` modules: ``reproduce`` adds the literature protocols' fold values)."""
+    mods = module_closure([build_module, *PIPELINE, *extra])
     h = hashlib.sha256()
     for name in mods:
         f = _repo_file(sys.modules[name])
         h.update(f"{name}\0{_source_sha(str(f))}\0".encode())
     return h.hexdigest()[:16]
+
+
+def method_code_digest(method: str, extra: tuple[str, ...] = ()) -> str:
+    """Digest of the code behind a registered method's results: its build module's closure."""
+    from benchmarks import registry
+
+    build = registry.get(method).build
+    return code_digest(build.partition(":")[0] if isinstance(build, str) else build.__module__, extra)
 
 
 def code_modules(build_module: str) -> list[str]:

@@ -39,7 +39,7 @@ from benchmarks import registry
 from benchmarks.data.cohort import CohortSource, load_cohort
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
 from benchmarks.locks import file_lock
-from benchmarks.literature import (MODES, LiteratureProtocol, fold_value, literature_splits, load_protocols,
+from benchmarks.literature import (MODES, LiteratureProtocol, fold_value, literature_splits, load_protocols, normalise,
                                    load_published, max_over_epochs, spread)
 from benchmarks.protocol import ProtocolConfig, load_splits, save_splits
 from benchmarks.recipes import RECIPES, resolve as resolve_recipe
@@ -61,6 +61,7 @@ class ReproContext:
     tasks: dict[str, str]  # suite -> task
     protocol: dict[str, Any]  # ProtocolConfig fields (device, determinism, ...)
     started: float = 0.0  # time.time() when planned: results written after it come from a concurrent run
+    code_digests: dict[str, str] = dataclasses.field(default_factory=dict)  # method -> provenance digest
 
 
 def suite_plan(suite: Suite) -> dict[str, Any]:
@@ -109,17 +110,6 @@ def _split(path: Path, fold: int):
     return _SPLITS[str(path)][fold]
 
 
-def _normalise(norm: str, train: list, val: list, test: list, every: list) -> tuple[list, list, list]:
-    """``dataset_zscore`` fits on every bag of the data set (as published: the test bags included),
-    ``train_zscore`` on the training part only, ``none`` keeps the features."""
-    from benchmarks.data.normalize import FeatureScaler
-
-    if norm == "none":
-        return train, val, test
-    scaler = FeatureScaler().fit(every if norm == "dataset_zscore" else train)
-    return scaler.transform(train), scaler.transform(val), scaler.transform(test)
-
-
 def execute_repro_job(job: Job, ctx: ReproContext) -> dict[str, Any]:
     """Train one fold of one protocol mode, compute its fold value, save the job file (once, also
     when two invocations share the folder: the job's lock)."""
@@ -127,7 +117,7 @@ def execute_repro_job(job: Job, ctx: ReproContext) -> dict[str, Any]:
     store = ResultStore(Path(ctx.out_dir))
     with file_lock(store.lock_path(job), _label(job)):
         done = store.finished_since(job, ctx.started)
-        if done is not None:
+        if done is not None and done.get("code_digest") == ctx.code_digests.get(job.method, ""):
             return {"hash": job.hash, "label": _label(job), "status": "ok", "value": done["literature"]["value"],
                     "seconds": time.perf_counter() - t0, "by_other_run": True}
         return _execute(job, ctx, store, t0)
@@ -147,7 +137,7 @@ def _execute(job: Job, ctx: ReproContext, store: ResultStore, t0: float) -> dict
         bag = lambda s: cohort.bag(s).for_task(task, with_omics=False)  # noqa: E731
         train, val, test = ([bag(s) for s in ids] for ids in (split.train, split.val, split.test))
         every = [bag(s) for s in split.table["slide_id"]]
-        train, val, test = _normalise(choices.norm, train, val, test, every)
+        train, val, test = normalise(choices.norm, train, val, test, every)
         threshold = "val_youden" if choices.threshold == "val_youden" else "0.5"
         protocol = ProtocolConfig.from_dict({**ctx.protocol, "threshold": threshold})
         seed = job.seed * 1000 + job.fold
@@ -171,6 +161,7 @@ def _execute(job: Job, ctx: ReproContext, store: ResultStore, t0: float) -> dict
                              "metric": proto.metric, "value": value, "selected_epoch": epoch,
                              "optimistic": choices.optimism(), "reads_test": choices.reads_test}
         res["status"] = "ok"
+        res["code_digest"] = ctx.code_digests.get(job.method, "")
         store.save(job, res)
         return {"hash": job.hash, "label": _label(job), "status": "ok", "value": value,
                 "seconds": time.perf_counter() - t0}
@@ -324,7 +315,9 @@ def to_markdown(table: pd.DataFrame, details: list[dict[str, Any]], meta: dict[s
              f"Command: `{meta['command']}`  ",
              f"Recipe: {meta['recipe']}; wall time {meta['wall_s'] / 60:.1f} min on {meta['machine']}; "
              f"code {meta['git_commit'] or 'unknown'}; {meta['n_ran']} of {meta['n_jobs']} jobs trained by this "
-             "invocation, the rest reused from earlier ones (the wall time covers only this invocation).", "",
+             "invocation, the rest reused from earlier ones (the wall time covers only this invocation)"
+             + (f"; reused although computed by other code (--reuse-stale): {meta['stale_reused']}"
+                if meta.get("stale_reused") else "") + ".", "",
              "Values in %. **As published** rows repeat the paper's own choices and are **optimistic** (the "
              "reason is given in each row); **leak-free** rows make every choice on a validation part and fit "
              "every statistic on training bags. *within std*: |ours - published| <= published std. "
@@ -387,6 +380,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default="results/reproduce", help="output folder (default results/reproduce)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: cores)")
     p.add_argument("--force", action="store_true", help="recompute finished jobs")
+    p.add_argument("--reuse-stale", action="store_true",
+                   help="reuse finished jobs computed by other code (counted in reproduce.md) instead of "
+                        "recomputing them")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -396,6 +392,7 @@ def main(args) -> int:
 
     from benchmarks.engine import environment
     from benchmarks.executors import interrupted, run_local
+    from benchmarks.provenance import method_code_digest
 
     t0 = time.perf_counter()
     suites = [s.strip() for s in args.suite.split(",") if s.strip()]
@@ -407,12 +404,27 @@ def main(args) -> int:
     modes = [args.protocol] if args.protocol else list(MODES)
     out = Path(args.out)
     cells, ctx, skipped = plan(suites, methods, modes, args.recipe, out, args.repeats, args.max_epochs)
-    ctx = dataclasses.replace(ctx, started=time.time())
+    digests = {m: method_code_digest(m, extra=("benchmarks.literature",)) for m in methods}
+    ctx = dataclasses.replace(ctx, started=time.time(), code_digests=digests)
     for s in skipped:
         print(f"skipping {s}", file=sys.stderr)
     store = ResultStore(out)
     jobs = [j for c in cells for j in c.jobs]
-    todo = [j for j in jobs if args.force or not store.done(j)]
+    todo, stale = [], []
+    for j in jobs:
+        rec = None if args.force else store.finished(j)
+        if rec is None:
+            todo.append(j)
+        elif rec.get("code_digest") != digests[j.method]:
+            stale.append(j)
+    stale_by = {m: sum(j.method == m for j in stale) for m in sorted({j.method for j in stale})}
+    if stale and args.reuse_stale:
+        print(f"reusing {len(stale)} finished job(s) computed by other code ({stale_by}); their values may differ "
+              "from this code's", file=sys.stderr)
+    elif stale:
+        print(f"recomputing {len(stale)} finished job(s) whose code changed since ({stale_by}); "
+              "--reuse-stale keeps them", file=sys.stderr)
+        todo += stale
     todo.sort(key=lambda j: -registry.get(j.method).job_cost)
     print(f"reproduce: {len(jobs)} jobs ({len(jobs) - len(todo)} finished and reused, {len(todo)} to run) -> {out}",
           file=sys.stderr)
@@ -437,7 +449,8 @@ def main(args) -> int:
     meta = {"command": "python -m benchmarks reproduce " + " ".join(sys.argv[2:]) if len(sys.argv) > 2
             else "python -m benchmarks reproduce", "recipe": args.recipe, "wall_s": time.perf_counter() - t0,
             "machine": f"{os.cpu_count()} CPU cores, torch {env['torch']}", "git_commit": env["git_commit"],
-            "failed": failed, "skipped": skipped, "n_jobs": len(jobs), "n_ran": len(todo)}
+            "failed": failed, "skipped": skipped, "n_jobs": len(jobs), "n_ran": len(todo),
+            "code_digests": digests, "stale_reused": stale_by if args.reuse_stale else {}}
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "reproduce.csv", index=False)
     (out / "reproduce.md").write_text(to_markdown(table, details, meta), encoding="utf-8")

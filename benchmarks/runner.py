@@ -25,6 +25,7 @@ from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json, write_plan
 from benchmarks.locks import file_lock
+from benchmarks.provenance import method_code_digest
 from benchmarks.protocol import (FEATURE_NORMS, ProtocolConfig, check_external_disjoint, load_splits, make_splits,
                                  save_splits)
 from benchmarks.recipes import RECIPES, resolve as resolve_recipe, split_train_params
@@ -198,15 +199,6 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
                     seen.add(job.hash)
                     plan.jobs.append(job)
     return plan
-
-
-def method_code_digest(method: str) -> str:
-    """Digest of the code behind a method's results (benchmarks/provenance.py)."""
-    from benchmarks.provenance import code_digest
-
-    build = registry.get(method).build
-    module = build.partition(":")[0] if isinstance(build, str) else build.__module__
-    return code_digest(module)
 
 
 def check_planned_omics(cohort: Cohort, jobs: list[Job], tasks: list[str]) -> None:
@@ -469,6 +461,9 @@ def main(args) -> int:
                "paper_counts": {t: suite.tasks[t].paper_counts for t in tasks},
                "failed": [{k: r[k] for k in ("label", "error")} for r in failed],
                "wall_s": time.perf_counter() - t_start}
+    # plan, summary and tables of this run, written together (another run on this folder may have
+    # replaced plan.json meanwhile; the folder then shows whichever run finished last, consistently)
+    write_plan(run_dir, plan.jobs, suite=suite.name, recipe=recipe, command=" ".join(sys.argv))
     atomic_write_json(run_dir / "summary.json", summary)
     write_tables(run_dir)
     print(f"wall time {summary['wall_s']:.1f} s; results in {run_dir}", file=sys.stderr)

@@ -212,3 +212,28 @@ def test_leak_free_never_reads_a_test_fold_for_any_choice(spied_run):
 def test_reproduce_refuses_a_suite_without_a_literature_protocol():
     with pytest.raises(ValueError, match="no \\[reproduce\\] table"):
         rp.plan(["tcga_brca"], ["abmil"], ["leak-free"], "official", Path("/tmp/never"))
+
+
+def test_jobs_computed_by_other_code_are_recomputed_unless_reuse_stale(spied_run, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import benchmarks.provenance as provenance
+    from benchmarks.__main__ import main
+
+    _, out, _ = spied_run
+    folder = tmp_path / "rep"
+    shutil.copytree(out, folder)
+    args = ["reproduce", "--suite", "musk1", "--methods", "dsmil", "--repeats", "1", "--protocol", "leak-free",
+            "--max-epochs", "2", "--out", str(folder), "--workers", "1", "--no-progress"]
+    assert main(args) == 0  # same code: every job reused
+    assert "(10 finished and reused, 0 to run)" in capsys.readouterr().err
+    monkeypatch.setattr(provenance, "method_code_digest", lambda m, extra=(): "another-code")
+    assert main(args + ["--reuse-stale"]) == 0
+    err = capsys.readouterr().err
+    assert "reusing 10 finished job(s) computed by other code ({'dsmil': 10})" in err
+    assert "--reuse-stale): {'dsmil': 10}" in (folder / "reproduce.md").read_text()
+    assert main(args) == 0
+    assert "recomputing 10 finished job(s) whose code changed" in capsys.readouterr().err
+    assert all(json.loads(f.read_text())["code_digest"] == "another-code"
+               for f in (folder / "jobs").glob("*.json") if "leak-free" in json.loads(f.read_text())["job"]["grid"]
+               and json.loads(f.read_text())["job"]["suite"] == "musk1")
