@@ -2,6 +2,7 @@
 an unreachable MLflow server."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -40,8 +41,10 @@ def _jobs(out: Path) -> list[Path]:
 
 def test_ctrl_c_stops_the_workers_keeps_finished_jobs_and_says_how_to_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = RUN + ["--seeds", "0,1,2", "--workers", "2", "--out", str(out)]
-    p = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    cmd = RUN + ["--methods", "transmil,abmil", "--seeds", "0,1,2", "--workers", "2", "--out", str(out)]
+    # SIGINT back to its default in the child: under `nohup ... &` (as CI may run) it is inherited ignored
+    p = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for(lambda: len(_jobs(out)) >= 1, 180), "no job finished"
     workers = _children(p.pid)
     t0 = time.monotonic()
@@ -52,15 +55,17 @@ def test_ctrl_c_stops_the_workers_keeps_finished_jobs_and_says_how_to_resume(tmp
     assert stopped < 10, f"took {stopped:.1f} s to stop"
     assert "Traceback" not in err
     kept = len(_jobs(out))
-    assert 1 <= kept < 15, "interrupted too late to test anything" if kept == 15 else kept
+    assert 1 <= kept < 30, "interrupted too late to test anything" if kept == 30 else kept
     assert "interrupted:" in err and "Resume with the same command" in err and "--seeds 0,1,2" in err
     assert _wait_for(lambda: not any(pid_alive(w) for w in workers), 10), "workers outlived the run"
-    # resuming reuses every finished job (the lock files of the stopped jobs do not block them)
-    again = subprocess.run(cmd[:-4] + ["--folds", "0", "--workers", "1", "--out", str(out)], cwd=ROOT,
+    # resuming reuses a finished job (the lock files of the stopped jobs block nothing)
+
+    job = json.loads(_jobs(out)[0].read_text())["job"]
+    again = subprocess.run(RUN + ["--methods", job["method"], "--folds", str(job["fold"]), "--seeds", str(job["seed"]),
+                                  "--workers", "1", "--out", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
-    m = re.search(r"(\d+) jobs \((\d+) finished and reused, (\d+) to run\)", again.stderr)
-    assert m and int(m[2]) + int(m[3]) == 3
+    assert "1 jobs (1 finished and reused, 0 to run)" in again.stderr
 
 
 def test_workers_exit_when_the_run_is_killed(tmp_path: Path) -> None:
