@@ -790,30 +790,35 @@ def table3(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None, *, pa
 
 
 def table4(metrics: pd.DataFrame, predictions: pd.DataFrame | None = None, *, paper: bool = False,
-           paper_dir: str | Path | None = None) -> Table:
-    """Table 4: fixed vs momentum (MoMKD full) memory AUC, plus the EMA memory extension."""
+           paper_dir: str | Path | None = None, planned: Iterable[tuple[str, str, str]] = ()) -> Table:
+    """Table 4: fixed vs momentum (MoMKD full) memory AUC, plus the EMA memory extension when the
+    run planned it (``run --grids ...,extensions``) or holds its results."""
     ix = _Index(metrics, predictions)
     lookup = _paper_lookup(load_paper(paper_dir), 4) if paper else {}
-    cols = [lab for _, lab in MEMORY_COLS]
+    arms_planned = {(m, v) for m, v, _ in planned}
+    mem_cols = [(v, lab) for v, lab in MEMORY_COLS
+                if v != "ema_memory" or ("momkd", v) in arms_planned
+                or any(not ix.values(("momkd", v), t, s, "auc").empty for t, s, _ in MEMORY_ROWS)]
+    cols = [lab for _, lab in mem_cols]
     if paper:
-        cols += [f"{lab} (paper)" for v, lab in MEMORY_COLS if any(k[1] == v for k in lookup)]
+        cols += [f"{lab} (paper)" for v, lab in mem_cols if any(k[1] == v for k in lookup)]
     table = Table(name="table4", title="Table 4: Fixed vs momentum memory (AUC, %)",
-                  caption="Mean ± std over folds x seeds (%); the momentum memory is MoMKD (full), "
-                          "the EMA memory is an extension of this suite. Bold: best in the row; "
-                          "underlined: second.",
+                  caption="Mean ± std over folds x seeds (%); the momentum memory is MoMKD (full)"
+                          + ("; the EMA memory is an extension of this suite" if len(mem_cols) > 2 else "")
+                          + ". Bold: best in the row; underlined: second.",
                   header=["Task"], columns=cols)
     for task, split, label in MEMORY_ROWS:
-        cells = [ix.cell(("momkd", v), task, split, "auc") for v, _ in MEMORY_COLS]
+        cells = [ix.cell(("momkd", v), task, split, "auc") for v, _ in mem_cols]
         if paper:
             cells += [_paper_cell(lookup, ("momkd", v, task, split, "auc"))
-                      for v, _ in MEMORY_COLS if any(k[1] == v for k in lookup)]
+                      for v, _ in mem_cols if any(k[1] == v for k in lookup)]
         table.rows.append(Row([label], cells, "ours", key=(task, split)))
-    _mark_best(table.rows, cols=range(len(MEMORY_COLS)), axis="row")
+    _mark_best(table.rows, cols=range(len(mem_cols)), axis="row")
     specs = [(t, s, "auc") for t, s, _ in MEMORY_ROWS]
-    others = [("momkd", v) for v, _ in MEMORY_COLS if v != "full"]
+    others = [("momkd", v) for v, _ in mem_cols if v != "full"]
     table.stats = _pairwise(ix, "table4", CONTROL, others, specs)
     _apply_marks(table)
-    table.long = _long(ix, [("momkd", v) for v, _ in MEMORY_COLS], specs)
+    table.long = _long(ix, [("momkd", v) for v, _ in mem_cols], specs)
     table.notes = sig_note(table, "the momentum memory")
     if paper:
         table.notes.append("Paper columns: Guo et al., arXiv 2602.21395, Table 4 (results/paper/table4.csv); "
@@ -927,7 +932,7 @@ def make_figures(metrics: pd.DataFrame, preds: pd.DataFrame, out_dir: str | Path
 def build_tables(metrics: pd.DataFrame, preds: pd.DataFrame | None = None, *, paper: bool = False,
                  paper_dir: str | Path | None = None, planned: Iterable[tuple[str, str, str]] = ()) -> list[Table]:
     """The four tables; ``planned`` arms (the run's plan) keep their Table 1 row if all their jobs failed."""
-    return [f(metrics, preds, paper=paper, paper_dir=paper_dir, **({"planned": planned} if f is table1 else {}))
+    return [f(metrics, preds, paper=paper, paper_dir=paper_dir, **({"planned": planned} if f in (table1, table4) else {}))
             for f in TABLES.values()]
 
 

@@ -208,6 +208,15 @@ def test_table3_and_table4_rows(run_dir):
             assert t4.cell(label, col).mean == pytest.approx(mean)
 
 
+def test_table4_shows_the_ema_extension_only_when_run_or_planned(run_dir):
+    metrics, preds = report.load_results(run_dir)
+    no_ema = metrics[metrics["variant"] != "ema_memory"]
+    assert report.table4(no_ema, preds).columns == ["Fixed memory", "Momentum memory"]
+    # planned (run --grids ...,extensions) but without a result: the column stays, empty, to show it
+    t = report.table4(no_ema, preds, planned=[("momkd", "ema_memory", "her2")])
+    assert t.columns[-1] == "EMA memory (ext.)" and t.cell("HER2", "EMA memory (ext.)").text() == "–"
+
+
 def test_bold_and_underline_follow_the_ranking(run_dir):
     metrics, preds = report.load_results(run_dir)
     t = report.table1(metrics, preds)
