@@ -14,7 +14,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-FAMILIES = ("mil", "kd", "ours")
+FAMILIES = ("floor", "mil", "kd", "ours")
 NEEDS = ("coords", "omics_train")
 
 
@@ -29,7 +29,8 @@ def _resolve(ref: Any) -> Any:
 class MethodSpec:
     """How to build one method and what it needs.
 
-    name: registry key; family: ``mil`` (slides only), ``kd`` (omics distillation) or ``ours``.
+    name: registry key; family: ``floor`` (pooling without attention: the number to beat), ``mil``
+      (slides only), ``kd`` (omics distillation) or ``ours``.
     config: a dataclass (or ``"module:Class"``) whose fields are the hyper-parameters with the
       paper/official defaults; ``build(in_dim, omics_dim, n_classes, **hp) -> nn.Module``.
     needs: subset of ``{"coords", "omics_train"}``.
@@ -123,6 +124,20 @@ def _table(*specs: MethodSpec) -> dict[str, MethodSpec]:
 # The registry. One entry per method; keep the order of the paper's Table 1.
 # ------------------------------------------------------------------------------------------
 METHODS: dict[str, MethodSpec] = _table(
+    MethodSpec(
+        "meanpool", job_cost=0.3, family="floor", build="baselines.pooling:build_mean",
+        config="baselines.pooling:PoolingConfig", recipes={"wsi": "baselines.pooling:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "hidden_dim=0,64,128,256"),
+        paper="mean pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
+        code="no official code: baselines/pooling.py (torchmil MeanPoolMIL's role)",
+        description="floor: linear head on the mean patch feature"),
+    MethodSpec(
+        "maxpool", job_cost=0.3, family="floor", build="baselines.pooling:build_max",
+        config="baselines.pooling:PoolingConfig", recipes={"wsi": "baselines.pooling:RECIPE"},
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "hidden_dim=0,64,128,256"),
+        paper="max pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
+        code="no official code: baselines/pooling.py (torchmil MaxPoolMIL's role)",
+        description="floor: linear head on the element-wise max patch feature"),
     MethodSpec(
         "abmil", job_cost=1.5, family="mil", build="baselines.abmil:build", config="baselines.abmil:ABMILConfig",
         recipes={"wsi": "baselines.abmil:RECIPE", "classic_mil": "baselines.abmil:CLASSIC_MIL_RECIPE"},

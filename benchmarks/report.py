@@ -52,9 +52,14 @@ DASH = "–"
 ALPHA = 0.05
 DAGGER_T, DAGGER_D = "†", "‡"
 
-METHOD_ORDER = ("abmil", "dsmil", "transmil", "dtfdmil", "wikg", "tdc", "mkd", "ghanet", "momkd")
-METHOD_NAMES = {"abmil": "ABMIL", "dsmil": "DSMIL", "transmil": "TransMIL", "dtfdmil": "DTFD-MIL",
-                "wikg": "WiKG", "tdc": "TDC", "mkd": "MKD", "ghanet": "G-HANet", "momkd": "MoMKD"}
+METHOD_ORDER = ("meanpool", "maxpool", "abmil", "dsmil", "transmil", "dtfdmil", "wikg", "tdc", "mkd", "ghanet",
+                "momkd")
+METHOD_NAMES = {"meanpool": "Mean pooling", "maxpool": "Max pooling", "abmil": "ABMIL", "dsmil": "DSMIL",
+                "transmil": "TransMIL", "dtfdmil": "DTFD-MIL", "wikg": "WiKG", "tdc": "TDC", "mkd": "MKD",
+                "ghanet": "G-HANet", "momkd": "MoMKD"}
+#: Tables 1 and 2 group their rows under these headings (registry families), when two or more are present
+FAMILY_HEADINGS = {"floor": "Pooling floor (no attention)", "mil": "Slide-only MIL",
+                   "kd": "Distillation from omics", "ours": "Ours"}
 TASKS = ("her2", "pr", "odx")
 TASK_NAMES = {"her2": "HER2", "pr": "PR", "odx": "ODX"}
 METRICS = ("auc", "acc", "f1")
@@ -88,6 +93,13 @@ STATS_COLUMNS = ["table", "task", "split", "metric", "control", "other", "test",
 
 def method_name(key: str) -> str:
     return METHOD_NAMES.get(key, key)
+
+
+def method_family(key: str) -> str:
+    from benchmarks import registry
+
+    spec = registry.METHODS.get(key)
+    return spec.family if spec is not None else "other"
 
 
 
@@ -356,7 +368,7 @@ class Cell:
 class Row:
     labels: list[str]
     cells: list[Cell]
-    kind: str = "ours"          # ours | paper | diff
+    kind: str = "ours"          # ours | paper | diff | section (a heading over the rows below it)
     tex_labels: list[str] | None = None
     key: tuple | None = None    # (method, variant) or (task, split)
 
@@ -397,7 +409,7 @@ class Table:
 
     def frame(self) -> pd.DataFrame:
         """Display strings (marks included, no styling) as a DataFrame."""
-        data = [r.labels + [c.text() + c.marks for c in r.cells] for r in self.rows]
+        data = [r.labels + [c.text() + c.marks for c in r.cells] for r in self.rows if r.kind != "section"]
         return pd.DataFrame(data, columns=self.header + self.col_labels())
 
     # -- renderers -----------------------------------------------------------------------
@@ -408,9 +420,10 @@ class Table:
             t = c.text() + c.marks
             return f"**{t}**" if c.style == "best" else f"<ins>{t}</ins>" if c.style == "second" else t
 
-        body = [[f"*{l}*" if r.kind == "paper" and i == 0 else l for i, l in enumerate(r.labels)]
-                + [fmt(c) for c in r.cells] for r in self.rows]
         n_head = len(self.header)
+        body = [[f"**{r.labels[0]}**"] + [""] * (n_head - 1 + len(self.columns)) if r.kind == "section" else
+                [f"*{l}*" if r.kind == "paper" and i == 0 else l for i, l in enumerate(r.labels)]
+                + [fmt(c) for c in r.cells] for r in self.rows]
         tab = tabulate(body, headers=self.header + self.col_labels(), tablefmt="github",
                        disable_numparse=True,
                        colalign=("left",) * n_head + ("center",) * len(self.columns))
@@ -436,6 +449,9 @@ class Table:
         lines.append(" & ".join(_tex(h) for h in self.header + self.columns) + r" \\")
         lines.append(r"\midrule")
         for r in self.rows:
+            if r.kind == "section":
+                lines.append(rf"\multicolumn{{{n_head + n_col}}}{{l}}{{\textit{{{_tex(r.labels[0])}}}}} \\")
+                continue
             labels = r.tex_labels or [_tex(l) for l in r.labels]
             if r.kind == "paper":
                 labels = [rf"\textit{{{labels[0]}}}"] + labels[1:]
@@ -468,6 +484,10 @@ class Table:
             out.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in self.header + self.columns) + "</tr>")
         out.append("</thead><tbody>")
         for r in self.rows:
+            if r.kind == "section":
+                out.append(f'<tr class="section"><th colspan="{len(self.header) + len(self.columns)}">'
+                           f"{e(r.labels[0])}</th></tr>")
+                continue
             tds = []
             for c in r.cells:
                 t = e(c.text() + c.marks)
@@ -711,8 +731,12 @@ def _method_table(ix: _Index, paper: pd.DataFrame | None, *, name: str, number: 
     table = Table(name=name, title=title, caption=caption, header=["Method"],
                   columns=[METRIC_NAMES[m] for m in METRICS] * len(tasks),
                   groups=[(g, len(METRICS)) for g in group_names])
-    for method in methods:
+    families = [method_family(m) for m in methods]
+    grouped = len(set(families)) > 1
+    for method, family in zip(methods, families):
         arm = (method, "full" if method == CONTROL[0] else "default")
+        if grouped and not any(r.kind == "section" and r.key == (family,) for r in table.rows):
+            table.rows.append(Row([FAMILY_HEADINGS.get(family, "Other")], [], "section", key=(family,)))
         if arm in present:
             cells = [ix.cell(arm, t, s, m) for t, s, m in cells_spec]
             table.rows.append(Row([method_name(method)], cells, "ours", key=arm))

@@ -172,7 +172,7 @@ def _parse(cell_text: str) -> tuple[float, float]:
 def test_table1_cells_equal_independent_means(run_dir):
     metrics, preds = report.load_results(run_dir)
     t = report.table1(metrics, preds)
-    assert [r.labels[0] for r in t.rows] == ["ABMIL", "TransMIL", "MKD", "MoMKD"]   # paper order
+    assert [r.labels[0] for r in t.rows if r.kind == "ours"] == ["ABMIL", "TransMIL", "MKD", "MoMKD"]  # paper order
     for task in ("her2", "pr", "odx"):
         for metric in ("auc", "acc", "f1"):
             for (method, variant) in ARMS:
@@ -364,7 +364,7 @@ def test_paper_csvs_shape_and_schema():
     assert paper.groupby("table").size().to_dict() == {1: 81, 2: 27, 3: 5, 4: 8}
     assert paper["source"].str.contains("arXiv:2602.21395").all()
     assert paper["mean"].between(0, 100).all() and paper["std"].between(0, 20).all()
-    assert set(paper["method"]) == set(report.METHOD_ORDER)
+    assert set(paper["method"]) == set(report.METHOD_ORDER) - {"meanpool", "maxpool"}  # the floor is ours
 
 
 def test_paper_csvs_match_seed_text():
@@ -398,3 +398,22 @@ def test_other_suites_show_only_their_own_tasks(tmp_path):
     report.write_all(run2, paper=False, figure_formats=())
     header2 = (run2 / "tables" / "table1.md").read_text().splitlines()[2]
     assert "HER2 AUC" in header2 and "PR AUC" in header2 and "ODX AUC" in header2
+
+
+def test_table1_groups_methods_under_family_headings_with_the_pooling_floor_first(tmp_path):
+    run = make_run(tmp_path, {("meanpool", "default"): 0.2, ("abmil", "default"): 0.5, ("mkd", "default"): 1.0,
+                              ("momkd", "default"): 1.5}, seeds=(0,))
+    metrics, preds = report.load_results(run)
+    t = report.table1(metrics, preds)
+    kinds = [(r.kind, r.labels[0]) for r in t.rows]
+    assert kinds == [("section", "Pooling floor (no attention)"), ("ours", "Mean pooling"),
+                     ("section", "Slide-only MIL"), ("ours", "ABMIL"), ("section", "Distillation from omics"),
+                     ("ours", "MKD"), ("section", "Ours"), ("ours", "MoMKD")]
+    md = t.to_markdown()
+    assert md.index("**Pooling floor (no attention)**") < md.index("| Mean pooling") < md.index("**Slide-only MIL**")
+    assert r"\multicolumn{10}{l}{\textit{Pooling floor (no attention)}}" in t.to_latex()
+    assert '<tr class="section"><th colspan="10">Ours</th></tr>' in t.to_html()
+    assert "Ours" not in set(t.frame()["Method"])  # headings are layout, not rows of the CSV
+    assert ("meanpool", "default") in {(r.key) for r in t.rows if r.kind == "ours"}
+    one_family = report.table1(metrics[metrics["method"] == "abmil"], preds)
+    assert all(r.kind != "section" for r in one_family.rows)

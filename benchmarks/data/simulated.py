@@ -238,7 +238,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # tests: ~40 slides (extra-slide rate raised so multi-slide patients exist), well under 1 s
     "tiny": dict(n_cases=32, extra_slide_rate=0.25, n_patches_min=20, n_patches_max=60, feature_dim=16,
                  n_genes=32, n_external_cases=20),
-    # default of the main command: 9 methods x 3 tasks x 5 folds on 2 CPU cores in minutes
+    # default of the main command: 11 methods x 3 tasks x 3 folds on 2 CPU cores in minutes
     "small": dict(n_cases=200, extra_slide_rate=0.09, n_patches_min=64, n_patches_max=256, feature_dim=64,
                   n_genes=128, n_external_cases=150),
     # the paper's size: 1,006 patients, ~1,100 slides, UNI v2 1,536-d, 768 genes, in-house 1,127 slides
