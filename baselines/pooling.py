@@ -14,15 +14,16 @@ the share of feature dimensions whose maximum the patch holds (so heatmaps work 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from baselines.abmil import RECIPE as ABMIL_RECIPE
 from baselines.layers import FastDropout
 from momkd.contract import MILModel, Output, check_bag
-from momkd.recipe import Recipe
 
 POOLS = ("mean", "max")
 
@@ -80,9 +81,9 @@ def build_max(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> 
 # No pooling floor has a training script of its own; it trains under the recipe of the attention
 # baseline it is the floor of (ABMIL as CLAM trains it), so the gap between the two rows is the
 # attention, not the optimiser.
-RECIPE = Recipe(
-    name="official", optimizer="adam", lr=2e-4, weight_decay=1e-5, epochs=200, scheduler="none",
-    grad_clip=None, monitor="val_loss", patience=20, min_epochs=52, balanced_sampling=True,
-    sources={"all": "no official script: ABMIL's recipe (baselines/abmil.py RECIPE, mahmoodlab/CLAM@53e2409)"},
+RECIPE = dataclasses.replace(
+    ABMIL_RECIPE,
+    sources={k: f"ABMIL's recipe (no pooling-floor script): {v}" for k, v in ABMIL_RECIPE.sources.items()
+             if k != "dropout"},
     notes="The floor borrows ABMIL's (CLAM's) recipe: Adam 2e-4, early stopping on the validation loss after "
           "epoch 50 with patience 20.")

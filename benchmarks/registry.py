@@ -127,14 +127,14 @@ METHODS: dict[str, MethodSpec] = _table(
     MethodSpec(
         "meanpool", job_cost=0.3, family="floor", build="baselines.pooling:build_mean",
         config="baselines.pooling:PoolingConfig", recipes={"wsi": "baselines.pooling:RECIPE"},
-        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "hidden_dim=0,64,128,256"),
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "hidden_dim=0,64,128,256"),
         paper="mean pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
         code="no official code: baselines/pooling.py (torchmil MeanPoolMIL's role)",
         description="floor: linear head on the mean patch feature"),
     MethodSpec(
         "maxpool", job_cost=0.3, family="floor", build="baselines.pooling:build_max",
         config="baselines.pooling:PoolingConfig", recipes={"wsi": "baselines.pooling:RECIPE"},
-        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "hidden_dim=0,64,128,256"),
+        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "hidden_dim=0,64,128,256"),
         paper="max pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
         code="no official code: baselines/pooling.py (torchmil MaxPoolMIL's role)",
         description="floor: linear head on the element-wise max patch feature"),
