@@ -106,15 +106,23 @@ class Split:
     def test(self) -> list[str]:
         return self.ids("test")
 
+    @property
+    def slide_level(self) -> bool:
+        """An imported official split allowed to put one patient's slides in two parts
+        (``run --splits FILE --allow-slide-level``): only slides are then checked."""
+        return "level" in self.table.columns and bool((self.table["level"] == "slide").all())
+
     def check(self, require_val: bool = True) -> None:
         """Fail loudly if any case or slide is in two parts, or a part is empty (the validation part
         may be absent only where a protocol has none: ``require_val=False``)."""
         check_no_leak(self.table, where=f"task {self.task} fold {self.fold} seed {self.seed}",
-                      required=PARTS if require_val else ("train", "test"))
+                      required=PARTS if require_val else ("train", "test"),
+                      keys=("slide_id",) if self.slide_level else ("case_id", "slide_id"))
 
 
-def check_no_leak(table: pd.DataFrame, where: str = "split", required: tuple[str, ...] = PARTS) -> None:
-    for key in ("case_id", "slide_id"):
+def check_no_leak(table: pd.DataFrame, where: str = "split", required: tuple[str, ...] = PARTS,
+                  keys: tuple[str, ...] = ("case_id", "slide_id")) -> None:
+    for key in keys:
         n_parts = table.groupby(key)["part"].nunique()
         bad = n_parts[n_parts > 1]
         if len(bad):

@@ -271,7 +271,11 @@ def source_line(run: Path, provenance: dict[str, Any]) -> str:
     folds, seeds = sorted(provenance.get("folds", ())), sorted(provenance.get("seeds", ()))
     code = provenance.get("code", {})
     code_txt = "; ".join(f"{k}" + (f" ({n} jobs)" if len(code) > 1 else "") for k, n in sorted(code.items()))
-    return (f"Source: {data}; {len(folds)} folds x {len(seeds)} seed(s) {seeds}; protocol "
+    sp = summary.get("splits_source") or {}
+    split_txt = (f" from the {sp.get('format')} split file {sp.get('path')} (sha256 {sp.get('sha256')}"
+                 + ("; SLIDE-LEVEL: a patient's slides may sit in two parts of a fold" if sp.get("slide_level") else "")
+                 + ")") if sp else ""
+    return (f"Source: {data}; {len(folds)} folds{split_txt} x {len(seeds)} seed(s) {seeds}; protocol "
             f"{summary.get('protocol_hash', '?')}; recipe {summary.get('recipe', '?')}; code {code_txt or '?'}.")
 
 

@@ -206,6 +206,36 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
     return plan
 
 
+def import_splits(args, cohort: Cohort, tasks: list[str], seeds: list[int],
+                  protocol: ProtocolConfig) -> tuple[dict[tuple[str, int], list], dict[str, Any]]:
+    """``--splits FILE``: the folds of a published split (benchmarks/splitfiles.py) per (task, seed),
+    and where they came from (recorded in summary.json and every table's footer)."""
+    path = getattr(args, "splits", None)
+    if not path:
+        if getattr(args, "allow_slide_level", False):
+            raise ValueError("--allow-slide-level only applies to an imported split: add --splits FILE")
+        return {}, {}
+    from benchmarks.splitfiles import detect_format, read_split_file
+
+    fmt = detect_format(Path(path))
+    if fmt != "ours" and len(tasks) != 1:
+        raise ValueError(f"--splits {path} ({fmt}) describes one task; name it with --tasks (one of {tasks})")
+    out, source, notes = {}, {}, []
+    for t in tasks:
+        for s in seeds:
+            imp = read_split_file(path, cohort.manifest, t, seed=s, val_frac=protocol.val_frac,
+                                  allow_slide_level=getattr(args, "allow_slide_level", False))
+            if source and imp.source["folds"] != source["folds"]:
+                raise ValueError(f"--splits {path}: task {t} has {imp.source['folds']} folds, others "
+                                 f"{source['folds']}; one run uses one number of folds")
+            out[(t, s)] = imp.splits
+            source = {**imp.source, "slide_level": source.get("slide_level", False) or imp.source["slide_level"]}
+            notes += [f"{t}: {n}" for n in imp.source["notes"] if f"{t}: {n}" not in notes]
+    for n in notes:
+        print(f"note: --splits {path}: {n}", file=sys.stderr)
+    return out, {**source, "notes": notes}
+
+
 def check_planned_omics(cohort: Cohort, jobs: list[Job], tasks: list[str]) -> None:
     """Before any training: every labelled case of a task that an omics method will train on has a
     finite omics row (else one error listing the slides; was a KeyError per job)."""
@@ -349,6 +379,12 @@ def add_arguments(p) -> None:
     p.add_argument("--feature-store", action="store_true",
                    help="real data: build one consolidated cache of the feature files on first use "
                         "($MOMKD_CACHE_DIR, default results/cache) and memory-map it in every worker")
+    p.add_argument("--splits", default=None,
+                   help="reuse a published split: our `splits export` CSV, a Patho-Bench k=all.tsv or a folder of "
+                        "CLAM splits_k.csv (patients in two parts of a fold are refused)")
+    p.add_argument("--allow-slide-level", action="store_true",
+                   help="with --splits: accept a slide-level split that puts one patient in two parts (to "
+                        "reproduce an official split on purpose; every table says so)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -384,12 +420,16 @@ def main(args) -> int:
     if bad:
         raise ValueError(f"unknown grid(s) {sorted(bad)}; choose from {GRIDS}")
     seeds = int_list("--seeds", args.seeds, 0, 2**32 - 1) or [0]
+    imported, splits_source = import_splits(args, cohort, tasks, seeds, protocol)
+    if imported:  # the file decides the folds
+        protocol = dataclasses.replace(protocol, n_folds=splits_source["folds"])
     folds = int_list("--folds", args.folds, 0, protocol.n_folds - 1) or list(range(protocol.n_folds))
 
     split_hashes = {}
     for t in tasks:
         for s in seeds:
-            sp = make_splits(cohort.manifest, t, protocol.n_folds, protocol.val_frac, seed=s)
+            sp = imported[(t, s)] if imported else make_splits(cohort.manifest, t, protocol.n_folds,
+                                                               protocol.val_frac, seed=s)
             split_hashes[(t, s)] = save_splits(sp, split_path(run_dir, t, s))
     # the scale preset's widths (suite file), then tuned hyper-parameters (--params) on top
     overrides = suite.params_for_scale(src.scale if src.kind == "simulated" else None)
@@ -466,7 +506,7 @@ def main(args) -> int:
                "skipped_slides": [dataclasses.asdict(p) for p in cohort.skipped] if cohort.skipped else [],
                "class_counts": {t: cohort.class_counts(t) for t in tasks},
                "paper_counts": {t: suite.tasks[t].paper_counts for t in tasks},
-               "failed": [{k: r[k] for k in ("label", "error")} for r in failed],
+               "failed": [{k: r[k] for k in ("label", "error")} for r in failed], "splits_source": splits_source,
                "wall_s": time.perf_counter() - t_start}
     # plan, summary and tables of this run, written together (another run on this folder may have
     # replaced plan.json meanwhile; the folder then shows whichever run finished last, consistently)

@@ -65,3 +65,37 @@ def test_the_floor_is_its_own_family_and_learns_a_mean_shift() -> None:
     fit(model, train, test[:10], proto, seed=0)
     p = predict(model, test, torch.device("cpu"), proto)
     assert binary_metrics([b.label for b in test], p)["auc"] > 0.9
+
+
+@pytest.mark.parametrize("pool", ["mean", "max"])
+def test_the_linear_probe_standardises_pooled_vectors_with_training_bags_only(pool: str) -> None:
+    torch.manual_seed(2)
+    train = [make_bag(n=10 + i, d=5, label=i % 2, seed=i) for i in range(12)]
+    for i, b in enumerate(train):
+        b.features = b.features * 30 + 100  # far from unit scale, as raw foundation-model features often are
+    model = PoolingMIL(5, 2, pool=pool)
+    model.on_fit_start(train)
+    z = torch.cat([model._scale(model._pool(b.features)) for b in train])
+    torch.testing.assert_close(z.mean(0), torch.zeros(5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(5), atol=1e-5, rtol=0)
+    assert "pool_mean" in model.state_dict()  # saved with the weights
+    embedded = PoolingMIL(5, 2, pool=pool, hidden_dim=8)
+    embedded.on_fit_start(train)
+    assert not embedded.standardize and torch.equal(embedded.pool_mean, torch.zeros(5))
+
+
+def test_the_probe_starts_from_the_logistic_regression_of_the_training_bags() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    train = [make_bag(n=8 + i, d=4, label=int(i % 3 == 0), seed=10 + i) for i in range(15)]
+    model = PoolingMIL(4, 2, pool="mean").eval()
+    model.on_fit_start(train)
+    z = torch.cat([model._scale(b.features.mean(0, keepdim=True)) for b in train]).double().numpy()
+    lr = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000).fit(z, [b.label for b in train])
+    logits = torch.cat([model(b).logits for b in train])
+    diff = (logits[:, 1] - logits[:, 0]).detach().double().numpy()
+    assert abs(diff - lr.decision_function(z)).max() < 1e-4
+    random = PoolingMIL(4, 2, pool="mean", init="random")
+    before = random.classifier.weight.clone()
+    random.on_fit_start(train)
+    assert torch.equal(random.classifier.weight, before)
