@@ -116,3 +116,9 @@ def test_run_with_an_imported_slide_level_split_says_so_in_every_table(manifest,
     md = (out / "tables" / "table1.md").read_text()
     assert "1 folds from the pathobench split file" in md and "SLIDE-LEVEL" in md
     assert (out / "summary.json").read_text().count('"slide_level": true') == 1
+    # the run's splits exported (ours and CLAM) read back to the same folds
+    assert main(["splits", "export", "--run", str(out), "--out", str(tmp_path / "mine.csv")]) == 0
+    assert main(["splits", "export", "--run", str(out), "--out", str(tmp_path / "clam"), "--format", "clam"]) == 0
+    ran = read_split_file(tmp_path / "mine.csv", manifest, "her2", allow_slide_level=True).splits
+    again = read_split_file(tmp_path / "clam", manifest, "her2", allow_slide_level=True).splits
+    assert _parts(ran) == _parts(again) and len(ran) == 3
