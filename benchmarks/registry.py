@@ -124,20 +124,14 @@ def _table(*specs: MethodSpec) -> dict[str, MethodSpec]:
 # The registry. One entry per method; keep the order of the paper's Table 1.
 # ------------------------------------------------------------------------------------------
 METHODS: dict[str, MethodSpec] = _table(
-    MethodSpec(
-        "meanpool", job_cost=0.3, family="floor", build="baselines.pooling:build_mean",
+    *(MethodSpec(
+        f"{pool}pool", job_cost=0.3, family="floor", build=f"baselines.pooling:build_{pool}",
         config="baselines.pooling:PoolingConfig", recipes={"wsi": "baselines.pooling:RECIPE"},
         search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "hidden_dim=0,64,128,256"),
-        paper="mean pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
-        code="no official code: baselines/pooling.py (torchmil MeanPoolMIL's role)",
-        description="floor: linear head on the mean patch feature"),
-    MethodSpec(
-        "maxpool", job_cost=0.3, family="floor", build="baselines.pooling:build_max",
-        config="baselines.pooling:PoolingConfig", recipes={"wsi": "baselines.pooling:RECIPE"},
-        search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "hidden_dim=0,64,128,256"),
-        paper="max pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
-        code="no official code: baselines/pooling.py (torchmil MaxPoolMIL's role)",
-        description="floor: linear head on the element-wise max patch feature"),
+        paper=f"{pool} pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
+        code=f"no official code: baselines/pooling.py (torchmil {pool.title()}PoolMIL's role)",
+        description=f"floor: linear probe on the {'mean' if pool == 'mean' else 'element-wise max'} patch feature")
+      for pool in ("mean", "max")),
     MethodSpec(
         "abmil", job_cost=1.5, family="mil", build="baselines.abmil:build", config="baselines.abmil:ABMILConfig",
         recipes={"wsi": "baselines.abmil:RECIPE", "classic_mil": "baselines.abmil:CLASSIC_MIL_RECIPE"},

@@ -65,13 +65,19 @@ def test_pathobench_tsv_gets_a_patient_level_validation_part_drawn_from_training
     assert any("no validation part" in n for n in imp.source["notes"])
 
 
-def test_a_patient_in_two_parts_is_refused_unless_slide_level_is_asked_for(manifest, folds, tmp_path):
+def _leaky(manifest, folds, path):
+    """A Patho-Bench file whose fold 0 puts one patient's two slides in train and test; its case id."""
     pb = _pathobench(manifest, folds)
     multi = pb.groupby("case_id")["slide_id"].transform("size") > 1
     case = pb.loc[multi, "case_id"].iloc[0]
     first, second = pb.index[pb["case_id"] == case][:2]
     pb.loc[first, "fold_0"], pb.loc[second, "fold_0"] = "train", "test"
-    pb.to_csv(tmp_path / "k=all.tsv", sep="\t", index=False)
+    pb.to_csv(path, sep="\t", index=False)
+    return case
+
+
+def test_a_patient_in_two_parts_is_refused_unless_slide_level_is_asked_for(manifest, folds, tmp_path):
+    case = _leaky(manifest, folds, tmp_path / "k=all.tsv")
     with pytest.raises(ValueError, match=f"fold 0: {case} \\(test\\+train\\).*--allow-slide-level"):
         read_split_file(tmp_path / "k=all.tsv", manifest, "her2")
     imp = read_split_file(tmp_path / "k=all.tsv", manifest, "her2", allow_slide_level=True)
@@ -99,12 +105,7 @@ def test_slides_the_manifest_lacks_or_gives_another_patient_are_named(manifest, 
 def test_run_with_an_imported_slide_level_split_says_so_in_every_table(manifest, folds, tmp_path, capsys):
     from benchmarks.__main__ import main
 
-    pb = _pathobench(manifest, folds)
-    multi = pb.groupby("case_id")["slide_id"].transform("size") > 1
-    case = pb.loc[multi, "case_id"].iloc[0]
-    first, second = pb.index[pb["case_id"] == case][:2]
-    pb.loc[first, "fold_0"], pb.loc[second, "fold_0"] = "train", "test"
-    pb.to_csv(tmp_path / "k=all.tsv", sep="\t", index=False)
+    case = _leaky(manifest, folds, tmp_path / "k=all.tsv")
     base = ["run", "--scale", "tiny", "--methods", "abmil", "--no-progress", "--workers", "1", "--no-tracking",
             "--splits", str(tmp_path / "k=all.tsv")]
     assert main(base + ["--out", str(tmp_path / "x")]) == 2  # two tasks for a one-task file
