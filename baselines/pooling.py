@@ -91,7 +91,8 @@ class PoolingMIL(MILModel):
         z = torch.cat([self._pool(b.features.to(self.pool_mean.device, self.pool_mean.dtype)) for b in bags])
         if self.standardize:
             self.pool_mean.copy_(z.mean(0))
-            self.pool_std.copy_(z.std(0, unbiased=False).clamp_min(1e-6))
+            std = z.std(0, unbiased=False)
+            self.pool_std.copy_(torch.where(std < 1e-6, torch.ones_like(std), std))  # constant: centred only
         y = [int(b.label) for b in bags]
         if self.logistic_init and len(set(y)) > 1:
             self._fit_probe(self._scale(z).double().cpu().numpy(), y)

@@ -22,6 +22,7 @@ COMMANDS = {
     "perf": ("benchmarks.perf", "seconds per step and peak memory per method at 1k/10k/100k patches"),
     "stats": ("benchmarks.stats", "pairwise significance tests of a finished run"),
     "curves": ("benchmarks.curves", "learning curves (training loss, validation AUC per epoch) of finished runs"),
+    "predict": ("benchmarks.predict", "apply a finished run's fold models to new slides (probabilities, attention)"),
     "splits": ("benchmarks.splitfiles", "export a run's splits (ours or CLAM) for `run --splits`"),
     "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
     "reproduce": ("benchmarks.reproduce", "reproduce published classic-MIL numbers, as published and leak-free"),

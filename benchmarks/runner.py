@@ -54,6 +54,7 @@ class RunContext:
     protocol: dict[str, Any]
     code_digests: dict[str, str] = field(default_factory=dict)  # method -> provenance.code_digest
     started: float = 0.0  # time.time() when the run planned: results written after it are this run's
+    save_models: bool = True  # keep each job's best checkpoint in <run>/models/<hash>.pt
 
 
 def split_path(run_dir: Path, task: str, seed: int) -> Path:
@@ -71,7 +72,7 @@ def _splits(run_dir: str, task: str, seed: int):
 
 
 def build_bags(cohort: Cohort, split, task: str, needs_omics: bool, protocol: ProtocolConfig,
-               external: list | None = None):
+               external: list | None = None, fitted: list | None = None):
     """Train bags (with fold-fitted z-scored, optionally gene-selected omics when the method needs
     them), val, test and external bags (slides only), with the patch features standardised when
     ``protocol.feature_norm`` asks. Scalers and gene selection see the training part only."""
@@ -88,7 +89,7 @@ def build_bags(cohort: Cohort, split, task: str, needs_omics: bool, protocol: Pr
         train = [dataclasses.replace(b, omics=torch.from_numpy(z.loc[b.case_id].to_numpy(copy=True))) for b in train]
     val = [cohort.bag(s).for_task(task, with_omics=False) for s in val_ids]
     test = [cohort.bag(s).for_task(task, with_omics=False) for s in test_ids]
-    return normalize_parts(protocol.feature_norm, train, val, test, external or [])
+    return normalize_parts(protocol.feature_norm, train, val, test, external or [], fitted=fitted)
 
 
 def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
@@ -118,14 +119,22 @@ def _execute(job: Job, ctx: RunContext, store: ResultStore, t0: float) -> dict[s
             ext = load_cohort(ctx.external)
             external = [ext.bag(s).for_task(job.task, with_omics=False)
                         for s in ext.labelled(job.task)["slide_id"]]
+        scalers: list = []
         train, val, test, external = build_bags(cohort, split, job.task, "omics_train" in spec.needs, protocol,
-                                                external)
+                                                external, fitted=scalers)
         seed_everything(job.seed * 1000 + job.fold, protocol.deterministic)
         model = spec.build_model(cohort.in_dim, omics_dim(cohort.omics_dim, protocol.omics_genes), 2, job.hparams)
         recipe = Recipe.from_dict(job.train) if job.train else None
         result = run_job(model, train, val, test, external, protocol, seed=job.seed * 1000 + job.fold, recipe=recipe)
         result["status"] = "ok"
         result["code_digest"] = ctx.code_digests.get(job.method, "")
+        if ctx.save_models:  # the best checkpoint, weights only, with what predict needs to rebuild it
+            from benchmarks.models import save_model
+
+            result["model"] = save_model(Path(ctx.run_dir), job, model, in_dim=cohort.in_dim,
+                                         omics_dim=omics_dim(cohort.omics_dim, protocol.omics_genes),
+                                         threshold=result.get("threshold"), feature_norm=protocol.feature_norm,
+                                         scaler=scalers[0] if scalers else None)
         store.save(job, result)
         m = result["metrics"]["test"]
         return {"hash": job.hash, "label": job.label, "status": "ok", "auc": m["auc"],
@@ -385,6 +394,8 @@ def add_arguments(p) -> None:
     p.add_argument("--allow-slide-level", action="store_true",
                    help="with --splits: accept a slide-level split that puts one patient in two parts (to "
                         "reproduce an official split on purpose; every table says so)")
+    p.add_argument("--no-save-models", action="store_true",
+                   help="do not keep each job's best checkpoint (<run>/models/; used by `predict`)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -476,7 +487,8 @@ def main(args) -> int:
     print(f"{suite.name}: {len(plan.jobs)} jobs ({len(plan.jobs) - len(todo)} finished and reused, "
           f"{len(todo)} to run) -> {run_dir}", file=sys.stderr)
     ctx = RunContext(suite.name, str(run_dir), src, ext_src if ext_cohort is not None else None,
-                     suite.external_task, protocol.to_dict(), digests, started)
+                     suite.external_task, protocol.to_dict(), digests, started,
+                     save_models=not getattr(args, "no_save_models", False))
     results = []
     bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=args.no_progress or not todo)
     try:
@@ -490,6 +502,12 @@ def main(args) -> int:
         return interrupted(sum(r["status"] == "ok" for r in results), len(todo), run_dir / "jobs")
     bar.close()
     failed = [r for r in results if r["status"] != "ok"]
+    model_files = [p for p in (run_dir / "models" / f"{j.hash}.pt" for j in plan.jobs) if p.is_file()]
+    models = {"saved": len(model_files), "bytes": sum(p.stat().st_size for p in model_files)}
+    if model_files:
+        print(f"{len(model_files)} fold model(s) kept in {run_dir / 'models'} ({models['bytes'] / 2**20:.1f} MiB, "
+              f"{models['bytes'] / len(model_files) / 2**10:.0f} KiB per job); `predict --run {run_dir}` applies them",
+              file=sys.stderr)
     by_other = sum(1 for r in results if r.get("by_other_run"))
     if by_other:
         print(f"{by_other} job(s) were computed meanwhile by another run on this folder and reused", file=sys.stderr)
@@ -500,7 +518,7 @@ def main(args) -> int:
                "data_fingerprint": cohort.fingerprint, "protocol": protocol.to_dict(),
                "protocol_hash": protocol.hash(), "method_params": overrides, "recipe": recipe,
                "recipes": {m: r.to_dict() for m, r in plan.recipes.items()}, "params_source": params_source, "methods": methods, "tasks": tasks, "grids": grids,
-               "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo) - by_other, "n_by_other_run": by_other,
+               "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo) - by_other, "n_by_other_run": by_other, "models": models,
                "n_failed": len(failed), "skipped_methods": plan.skipped_methods, "code_digests": digests,
                "stale_reused": [j.label for j in stale] if getattr(args, "reuse_stale", False) else [],
                "skipped_slides": [dataclasses.asdict(p) for p in cohort.skipped] if cohort.skipped else [],

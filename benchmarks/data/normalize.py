@@ -59,13 +59,17 @@ class FeatureScaler:
         return out
 
 
-def normalize_parts(how: str, train: Sequence[Any], *others: Sequence[Any]) -> tuple[list[Any], ...]:
+def normalize_parts(how: str, train: Sequence[Any], *others: Sequence[Any],
+                    fitted: list | None = None) -> tuple[list[Any], ...]:
     """``(train, *others)`` standardised with statistics of ``train`` only (``how="train_zscore"``),
-    or unchanged (``"none"``)."""
+    or unchanged (``"none"``). ``fitted`` receives the fitted scaler (saved with the model, so
+    ``predict`` applies the same standardisation to new slides)."""
     if how not in FEATURE_NORMS:
         raise ValueError(f"unknown feature_norm {how!r}; choose from {FEATURE_NORMS}")
     if how == "none":
         return (list(train), *(list(o) for o in others))
     scaler = FeatureScaler().fit(train)
+    if fitted is not None:
+        fitted.append(scaler)
     return (scaler.transform(train), *(scaler.transform(o) for o in others))
 
