@@ -1,6 +1,5 @@
 """Training recipes (momkd/recipe.py, benchmarks/recipes.py, benchmarks/optim.py): each official
 recipe builds the optimiser, schedule and losses it cites, and the engine follows it."""
-import dataclasses
 import math
 
 import pandas as pd

@@ -64,7 +64,6 @@ def test_a_changed_external_cohort_changes_the_external_tasks_jobs():
     assert Job(**base, external_fingerprint="a").hash != Job(**base, external_fingerprint="b").hash
     assert Job(**base).hash == Job(**base, external_fingerprint="").hash   # jobs without one keep their key
     from benchmarks.data.cohort import CohortSource, load_cohort
-    from benchmarks.protocol import make_splits
     from benchmarks.suites import load_suite
 
     suite = load_suite("tcga_brca")
