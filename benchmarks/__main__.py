@@ -23,6 +23,8 @@ COMMANDS = {
     "stats": ("benchmarks.stats", "pairwise significance tests of a finished run"),
     "curves": ("benchmarks.curves", "learning curves (training loss, validation AUC per epoch) of finished runs"),
     "predict": ("benchmarks.predict", "apply a finished run's fold models to new slides (probabilities, attention)"),
+    "heatmap": ("benchmarks.heatmaps", "draw one slide's attention per method (PNG/PDF) from a run's saved models"),
+    "localise": ("benchmarks.heatmaps", "simulated runs: AUC of each method's attention against the informative patches"),
     "splits": ("benchmarks.splitfiles", "export a run's splits (ours or CLAM) for `run --splits`"),
     "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
     "reproduce": ("benchmarks.reproduce", "reproduce published classic-MIL numbers, as published and leak-free"),
