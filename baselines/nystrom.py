@@ -82,6 +82,15 @@ def few_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int
     scale (its largest row and column sums of the full A), at O(n^3) instead of O(m^3); the values
     are the package's up to float rounding (tests/test_nystrom.py compares them)."""
     b, h, n, d = q.shape
+    a_s, z = _few_rows_operators(q, k, p, iters)
+    v_s = torch.cat((v.new_zeros(b * h, 1, d), v.reshape(b * h, n, d)), dim=1)  # padded values are zero
+    out = torch.matmul(a_s, torch.matmul(z, torch.matmul(a_s, v_s)))[:, 1:]
+    return out.reshape(b, h, n, d)
+
+
+def _few_rows_operators(q: torch.Tensor, k: torch.Tensor, p: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A_S and the pseudo-inverse iterate Z_S of :func:`few_rows_attention`, (b * h, n + 1, n + 1)."""
+    b, h, n, d = q.shape
     m = n + p
     s = torch.matmul(q, k.transpose(-1, -2)).reshape(b * h, n, n)  # real-real logits
     ext = torch.cat((s.new_full((b * h, n, 1), math.log(p)), s), dim=-1)  # the p zero logits as one log(p)
@@ -98,9 +107,7 @@ def few_rows_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int
     col_real = p / m + sm[..., 1:].sum(-2)  # a real column j: p rows of 1/m + column j of E
     col_max = torch.maximum(col_pad.max(), col_real.max())
     z = pinv_iterations(a_s, at_s / (col_max * row_max), iters)
-    v_s = torch.cat((v.new_zeros(b * h, 1, d), v.reshape(b * h, n, d)), dim=1)  # padded values are zero
-    out = torch.matmul(a_s, torch.matmul(z, torch.matmul(a_s, v_s)))[:, 1:]
-    return out.reshape(b, h, n, d)
+    return a_s, z
 
 
 class NystromAttention(nn.Module):
@@ -147,6 +154,30 @@ class NystromAttention(nn.Module):
         if self.residual:
             out = out + self._value_conv(v_flat)
         return self.to_out(out)
+
+    @torch.no_grad()
+    def row_attention(self, x: torch.Tensor, row: int = 0) -> torch.Tensor:
+        """The attention weights of query ``row`` over the n real keys, (b, h, n): that row of the
+        package's Nystrom matrix ``attn1 @ pinv(attn2) @ attn3`` (its ``return_attn``), without the
+        padded keys. For explanation only (heatmaps); the residual conv is not part of it."""
+        b, n, _ = x.shape
+        h, m = self.heads, self.num_landmarks
+        pad = (m - n % m) % m
+        l = math.ceil(n / m)
+        q, k, _ = self.to_qkv(x).chunk(3, dim=-1)
+        q, k = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k))
+        q = q * self.scale
+        if 0 < n < m:
+            a_s, z = _few_rows_operators(q, k, m - n, self.pinv_iterations)
+            full = torch.matmul(a_s, torch.matmul(z, a_s))  # (b * h, n + 1, n + 1); index 0: the padded rows
+            return full[:, 1 + row, 1:].reshape(b, h, n)
+        k_pad = F.pad(k, (0, 0, pad, 0)) if pad else k
+        q_l = (F.pad(q, (0, 0, pad, 0)) if pad else q).reshape(b, h, m, l, -1).sum(dim=3) / l
+        k_l = k_pad.reshape(b, h, m, l, -1).sum(dim=3) / l
+        attn1 = torch.matmul(q[:, :, row:row + 1], k_l.transpose(-1, -2)).softmax(dim=-1)  # (b, h, 1, m)
+        attn2 = torch.matmul(q_l, k_l.transpose(-1, -2)).softmax(dim=-1)
+        attn3 = torch.matmul(q_l, k_pad.transpose(-1, -2)).softmax(dim=-1)[..., pad:]  # (b, h, m, n)
+        return torch.matmul(attn1, torch.matmul(moore_penrose_pinv(attn2, self.pinv_iterations), attn3))[:, :, 0]
 
     def _value_conv(self, v: torch.Tensor) -> torch.Tensor:
         """``res_conv`` on (b, h, n, d) values, computed on their (b, n, h * d) layout: a depthwise

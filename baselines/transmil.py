@@ -154,6 +154,24 @@ class TransMIL(MILModel):
                                                       "n_padded": side * side - x.shape[1]})
 
 
+    @torch.no_grad()
+    def attention_weights(self, bag: Any) -> torch.Tensor:
+        """(N,) the cls token's attention over the patches in the last layer (row 0 of its Nystrom
+        attention matrix, mean over heads; :meth:`NystromAttention.row_attention`), the weights of
+        the official square-padding copies added back to the patches they copy. Nystrom weights
+        approximate a softmax row and may be slightly negative; the row's remaining mass sits on the
+        cls token itself and on the package's zero padding."""
+        x = bag.features.to(self._fc1[0].weight.dtype).unsqueeze(0)
+        n = x.shape[1]
+        h, side = square_pad(self._fc1(x))
+        h = torch.cat((self.cls_token.expand(h.shape[0], -1, -1), h), dim=1)
+        h = self.pos_layer(self.layer1(h), side)
+        row = self.layer2.attn.row_attention(self.layer2.norm(h), row=0).mean(dim=1)[0, 1:]  # (k^2,)
+        out = row[:n].clone()
+        out[: side * side - n] += row[n:]  # square_pad appended copies of the first k^2 - N patches
+        return out
+
+
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> TransMIL:
     return TransMIL(in_dim, n_classes, **hp)
 

@@ -81,7 +81,7 @@ def attention_of(model: torch.nn.Module, bag: Any, scaler: Any) -> np.ndarray | 
         mean, std = scaler
         bag = bag.with_features(((bag.features.float() - mean) / std).to(bag.features.dtype))
     with torch.no_grad():
-        a = model(bag).attention
+        a = model.attention_weights(bag) if hasattr(model, "attention_weights") else model(bag).attention
     if a is None:
         return None
     a = a.detach().float().reshape(-1).cpu().numpy()

@@ -115,7 +115,8 @@ def main(args) -> int:
         if args.attention:
             with torch.no_grad():
                 for b in use:
-                    a = model(b.to(device) if device.type != "cpu" else b).attention
+                    bb = b.to(device) if device.type != "cpu" else b
+                    a = model.attention_weights(bb) if hasattr(model, "attention_weights") else model(bb).attention
                     if a is not None:
                         attention.setdefault((meta["method"], meta["variant"]), {}).setdefault(
                             b.slide_id, []).append(a.detach().float().reshape(-1).cpu().numpy())

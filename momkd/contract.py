@@ -70,6 +70,15 @@ class MILModel(nn.Module):
         method scores otherwise (e.g. DSMIL's per-class sigmoid)."""
         return torch.softmax(output.logits.float(), dim=-1)
 
+    @torch.no_grad()
+    def attention_weights(self, bag: Any) -> torch.Tensor | None:
+        """(N,) weight of each patch in the slide's prediction, for heatmaps; None when the model
+        has no per-patch weights. Default: ``forward(bag).attention``; a model whose weights are
+        not part of its forward (TransMIL's cls-token attention) overrides this. (Not named
+        ``attention``: several models hold an ``attention`` submodule.)"""
+        a = self.forward(bag).attention
+        return None if a is None else a.reshape(-1)
+
     # ---- optional hooks -------------------------------------------------------------------
     def set_stage(self, name: str) -> None:
         if name not in self.stages:

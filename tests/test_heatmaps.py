@@ -27,10 +27,10 @@ def test_localisation_scores_attention_against_the_generators_informative_patche
 
     assert main(["localise", "--run", str(run)]) == 0
     df = pd.read_csv(run / "localisation.csv", dtype={"slide_id": str})
-    assert set(df["method"]) == {"meanpool", "abmil"}  # TransMIL has no per-patch weights
+    assert set(df["method"]) == {"meanpool", "abmil", "transmil"}  # TransMIL: its cls token's attention
     assert (df.loc[df.method == "meanpool", "attention_auc"] == 0.5).all()  # uniform weights, by construction
     md = (run / "localisation.md").read_text()
-    assert "No per-patch weights from: TransMIL" in md and "| Mean pooling | 50.0 ± 0.0" in md
+    assert "No per-patch weights" not in md and "| Mean pooling | 50.0 ± 0.0" in md
     # one row recomputed by hand from the saved model and the ground truth
     row = df[df.method == "abmil"].iloc[0]
     (e, model, scaler), = [x for x in heatmaps.fold_models(run, ["abmil"])]
@@ -66,3 +66,22 @@ def test_localisation_needs_the_simulated_ground_truth(run, tmp_path, capsys):
     (other / "summary.json").write_text(json.dumps(summary))
     assert main(["localise", "--run", str(other)]) == 2
     assert "needs the simulated cohort's ground truth" in capsys.readouterr().err
+
+
+def test_transmil_weights_are_the_cls_rows_of_its_last_layer_with_padding_copies_folded_back():
+    import torch
+
+    from baselines.transmil import TransMIL, square_pad
+    from tests.conftest import make_bag
+
+    torch.manual_seed(0)
+    model = TransMIL(12, 2, embed_dim=32, heads=4, num_landmarks=8).eval()
+    bag = make_bag(n=23, d=12)  # 23 patches: a 5 x 5 grid, the first 2 patches copied once more
+    a = model.attention_weights(bag)
+    assert a.shape == (23,) and torch.isfinite(a).all() and 0 < float(a.sum()) <= 1.05
+    with torch.no_grad():
+        h, side = square_pad(model._fc1(bag.features[None]))
+        h = model.pos_layer(model.layer1(torch.cat((model.cls_token, h), dim=1)), side)
+        row = model.layer2.attn.row_attention(model.layer2.norm(h)).mean(1)[0, 1:]
+    torch.testing.assert_close(a[2:], row[2:23])
+    torch.testing.assert_close(a[:2], row[:2] + row[23:])

@@ -124,3 +124,18 @@ def test_sequence_depthwise_conv_gradients_pass_gradcheck():
         v = torch.randn(2, n, 8, dtype=torch.float64, requires_grad=True)
         w = torch.randn(2, 1, 33, 1, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(SequenceDepthwiseConv.apply, (v, w))
+
+
+@pytest.mark.parametrize("landmarks,n", [(8, 5), (8, 17), (16, 170), (256, 50)])
+def test_row_attention_is_the_packages_attention_matrix_row(landmarks, n):
+    """The weights TransMIL's heatmaps use: row 0 (the cls token) of the package's Nystrom attention
+    matrix (``return_attn``), its real keys only, on both our paths (fewer rows than landmarks or not)."""
+    ref, ours = _pair(64, 8, landmarks)
+    ref.eval(), ours.eval()
+    x = torch.randn(1, n, 64, dtype=torch.float64)
+    _, attn = ref(x, return_attn=True)  # (1, h, n_padded, n_padded), padding in front
+    pad = attn.shape[-1] - n
+    want = attn[:, :, pad, pad:]
+    got = ours.row_attention(x, row=0)
+    assert got.shape == (1, 8, n)
+    assert torch.allclose(got, want, rtol=1e-8, atol=1e-10)
