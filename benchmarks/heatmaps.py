@@ -76,16 +76,11 @@ def fold_models(run: Path, methods: list[str] | None) -> Iterator[tuple[dict, An
 
 
 def attention_of(model: torch.nn.Module, bag: Any, scaler: Any) -> np.ndarray | None:
-    """The model's per-patch weights for one slide (None when its forward has none)."""
-    if scaler is not None:
-        mean, std = scaler
-        bag = bag.with_features(((bag.features.float() - mean) / std).to(bag.features.dtype))
-    with torch.no_grad():
-        a = model.attention_weights(bag) if hasattr(model, "attention_weights") else model(bag).attention
-    if a is None:
-        return None
-    a = a.detach().float().reshape(-1).cpu().numpy()
-    return a if a.shape[0] == bag.features.shape[0] else None
+    """The model's per-patch weights for one slide, its features standardised as the run did
+    (None when the model has none)."""
+    from benchmarks.models import attention_of as weights
+
+    return weights(model, scaler.transform([bag])[0] if scaler is not None else bag)
 
 
 def localise(run: Path, methods: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -135,6 +136,27 @@ class ResultStore:
 
     def lock_path(self, job: Job) -> Path:
         return self.dir / f"{job.hash}.lock"
+
+    @contextmanager
+    def claim(self, job: Job, since: float, code_digest: str, what: str = "") -> Iterator[dict[str, Any] | None]:
+        """Hold the job's lock (benchmarks/locks.py) for the ``with`` block and yield the result
+        another run wrote meanwhile (after ``since``, by the same code), or None: compute it then."""
+        from benchmarks.locks import file_lock
+
+        with file_lock(self.lock_path(job), what or job.label):
+            done = self.finished_since(job, since)
+            yield done if done is not None and done.get("code_digest") == code_digest else None
+
+    def partition(self, jobs: Iterable[Job], digests: dict[str, str], force: bool = False) -> tuple[list[Job], list[Job]]:
+        """(jobs to run, finished jobs computed by other code than ``digests[method]``)."""
+        todo, stale = [], []
+        for j in jobs:
+            rec = None if force else self.finished(j)
+            if rec is None:
+                todo.append(j)
+            elif rec.get("code_digest") != digests[j.method]:
+                stale.append(j)
+        return todo, stale
 
     def save(self, job: Job, result: dict[str, Any]) -> Path:
         p = self.path(job)

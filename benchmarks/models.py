@@ -52,9 +52,11 @@ def save_model(run_dir: Path, job: Any, model: torch.nn.Module, *, in_dim: int, 
     return {"file": str(path.relative_to(run_dir)), "bytes": path.stat().st_size}
 
 
-def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any], tuple[torch.Tensor, torch.Tensor] | None]:
-    """Rebuild a saved fold model (eval mode); returns (model, meta, feature scaler or None)."""
+def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """Rebuild a saved fold model (eval mode); returns (model, meta, the run's fitted
+    :class:`~benchmarks.data.normalize.FeatureScaler` or None)."""
     from benchmarks import registry
+    from benchmarks.data.normalize import FeatureScaler
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -71,5 +73,17 @@ def load_model(path: Path) -> tuple[torch.nn.Module, dict[str, Any], tuple[torch
     if meta.get("stage") and hasattr(model, "set_stage"):
         model.set_stage(meta["stage"])
     model.eval()
-    scaler = (payload["feature_mean"], payload["feature_std"]) if "feature_mean" in payload else None
+    scaler = (FeatureScaler(mean_=payload["feature_mean"], std_=payload["feature_std"])
+              if "feature_mean" in payload else None)
     return model, meta, scaler
+
+
+@torch.no_grad()
+def attention_of(model: torch.nn.Module, bag: Any) -> Any:
+    """(N,) per-patch weights of one slide as a numpy array (the contract's ``attention_weights``),
+    or None when the model has none."""
+    a = model.attention_weights(bag) if hasattr(model, "attention_weights") else model(bag).attention
+    if a is None:
+        return None
+    a = a.detach().float().reshape(-1).cpu().numpy()
+    return a if a.shape[0] == bag.features.shape[0] else None

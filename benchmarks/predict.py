@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 
 def add_arguments(p) -> None:
@@ -72,7 +71,7 @@ def main(args) -> int:
 
     from benchmarks.data.cohort import load_cohort
     from benchmarks.engine import predict, select_device
-    from benchmarks.models import load_model
+    from benchmarks.models import attention_of, load_model
     from benchmarks.protocol import ProtocolConfig
     from benchmarks.runner import _sources
     from benchmarks.suites import load_suite
@@ -103,23 +102,17 @@ def main(args) -> int:
                              f"{meta['in_dim']}-d features (another patch encoder?); extract them with the same "
                              "encoder as the training data")
         model.to(device)
-        use = bags
-        if scaler is not None:  # the training part's standardisation, as the run applied it
-            mean, std = scaler
-            use = [b.with_features(((b.features.float() - mean) / std).to(b.features.dtype)) for b in bags]
+        use = scaler.transform(bags) if scaler is not None else bags  # the run's training-part scaler
         p = predict(model, use, device, protocol)
         for b, pp in zip(use, p):
             rows.append({"slide_id": b.slide_id, "case_id": b.case_id, "task": task, "method": meta["method"],
                          "variant": meta["variant"], "fold": meta["fold"], "seed": meta["seed"], "p": float(pp),
                          "threshold": meta["threshold"], "label": labels[b.slide_id]})
         if args.attention:
-            with torch.no_grad():
-                for b in use:
-                    bb = b.to(device) if device.type != "cpu" else b
-                    a = model.attention_weights(bb) if hasattr(model, "attention_weights") else model(bb).attention
-                    if a is not None:
-                        attention.setdefault((meta["method"], meta["variant"]), {}).setdefault(
-                            b.slide_id, []).append(a.detach().float().reshape(-1).cpu().numpy())
+            for b in use:
+                a = attention_of(model, b.to(device) if device.type != "cpu" else b)
+                if a is not None:
+                    attention.setdefault((meta["method"], meta["variant"]), {}).setdefault(b.slide_id, []).append(a)
     out = Path(args.out) if args.out else run / "predict" / Path(args.data).name
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)

@@ -154,6 +154,15 @@ def _label_per_case(df: pd.DataFrame) -> pd.Series:
     return per_case
 
 
+def inner_validation(train: pd.DataFrame, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, val) of a training part's patient-grouped, stratified validation split:
+    the first fold of ``StratifiedGroupKFold(round(1 / val_frac), shuffle, seed + 1)``."""
+    inner = StratifiedGroupKFold(n_splits=max(2, int(round(1.0 / val_frac))), shuffle=True, random_state=seed + 1)
+    with warnings.catch_warnings():  # tiny cohorts: fewer minority patients than inner folds is fine
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        return next(inner.split(train, train["label"], groups=train["case_id"]))
+
+
 def make_splits(manifest: pd.DataFrame, task: str, n_folds: int = 5, val_frac: float = 0.15,
                 seed: int = 0) -> list[Split]:
     """Patient-grouped, label-stratified folds over the slides labelled for ``task``.
@@ -171,14 +180,9 @@ def make_splits(manifest: pd.DataFrame, task: str, n_folds: int = 5, val_frac: f
         raise ValueError(f"task {task}: {n_cases} labelled patients (class counts {counts.to_dict()}) are too "
                          f"few for {n_folds}-fold stratified CV")
     outer = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    n_inner = max(2, int(round(1.0 / val_frac)))
     splits = []
     for fold, (tr_idx, te_idx) in enumerate(outer.split(df, df["label"], groups=df["case_id"])):
-        tr = df.iloc[tr_idx]
-        inner = StratifiedGroupKFold(n_splits=n_inner, shuffle=True, random_state=seed + 1)
-        with warnings.catch_warnings():  # tiny cohorts: fewer minority patients than inner folds is fine
-            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-            itr, iva = next(inner.split(tr, tr["label"], groups=tr["case_id"]))
+        itr, iva = inner_validation(df.iloc[tr_idx], val_frac, seed)
         part = np.empty(len(df), dtype=object)
         part[te_idx] = "test"
         part[tr_idx[itr]] = "train"

@@ -38,7 +38,6 @@ import pandas as pd
 from benchmarks import registry
 from benchmarks.data.cohort import CohortSource, load_cohort
 from benchmarks.jobs import Job, ResultStore, atomic_write_json
-from benchmarks.locks import file_lock
 from benchmarks.literature import (MODES, LiteratureProtocol, fold_value, literature_splits, load_protocols, normalise,
                                    load_published, max_over_epochs, spread)
 from benchmarks.protocol import ProtocolConfig, load_splits, save_splits
@@ -115,9 +114,8 @@ def execute_repro_job(job: Job, ctx: ReproContext) -> dict[str, Any]:
     when two invocations share the folder: the job's lock)."""
     t0 = time.perf_counter()
     store = ResultStore(Path(ctx.out_dir))
-    with file_lock(store.lock_path(job), _label(job)):
-        done = store.finished_since(job, ctx.started)
-        if done is not None and done.get("code_digest") == ctx.code_digests.get(job.method, ""):
+    with store.claim(job, ctx.started, ctx.code_digests.get(job.method, ""), _label(job)) as done:
+        if done is not None:
             return {"hash": job.hash, "label": _label(job), "status": "ok", "value": done["literature"]["value"],
                     "seconds": time.perf_counter() - t0, "by_other_run": True}
         return _execute(job, ctx, store, t0)
@@ -410,13 +408,7 @@ def main(args) -> int:
         print(f"skipping {s}", file=sys.stderr)
     store = ResultStore(out)
     jobs = [j for c in cells for j in c.jobs]
-    todo, stale = [], []
-    for j in jobs:
-        rec = None if args.force else store.finished(j)
-        if rec is None:
-            todo.append(j)
-        elif rec.get("code_digest") != digests[j.method]:
-            stale.append(j)
+    todo, stale = store.partition(jobs, digests, args.force)
     stale_by = {m: sum(j.method == m for j in stale) for m in sorted({j.method for j in stale})}
     if stale and args.reuse_stale:
         print(f"reusing {len(stale)} finished job(s) computed by other code ({stale_by}); their values may differ "

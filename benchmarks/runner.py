@@ -24,7 +24,6 @@ from benchmarks.executors import EXECUTORS, interrupted, run_jobs
 from benchmarks.data.cohort import Cohort, CohortSource, load_cohort
 from benchmarks.data.omics import omics_dim
 from benchmarks.jobs import Job, ResultStore, atomic_write_json, write_plan
-from benchmarks.locks import file_lock
 from benchmarks.provenance import method_code_digest
 from benchmarks.protocol import (FEATURE_NORMS, ProtocolConfig, check_external_disjoint, load_splits, make_splits,
                                  save_splits)
@@ -97,9 +96,8 @@ def execute_job(job: Job, ctx: RunContext) -> dict[str, Any]:
     another run on the same folder computed meanwhile (it held the job's lock) is not run again."""
     store = ResultStore(Path(ctx.run_dir))
     t0 = time.perf_counter()
-    with file_lock(store.lock_path(job), job.label):  # two runs on one folder compute a job once
-        done = store.finished_since(job, ctx.started)
-        if done is not None and done.get("code_digest") == ctx.code_digests.get(job.method, ""):
+    with store.claim(job, ctx.started, ctx.code_digests.get(job.method, "")) as done:  # computed once
+        if done is not None:
             return {"hash": job.hash, "label": job.label, "status": "ok", "auc": done["metrics"]["test"]["auc"],
                     "seconds": time.perf_counter() - t0, "by_other_run": True}
         return _execute(job, ctx, store, t0)
@@ -464,13 +462,7 @@ def main(args) -> int:
     write_plan(run_dir, plan.jobs, suite=suite.name, recipe=recipe, command=" ".join(sys.argv))
     digests = {m: method_code_digest(m) for m in {j.method for j in plan.jobs}}
     started = time.time()
-    todo, stale = [], []
-    for j in plan.jobs:
-        rec = None if args.force else store.finished(j)
-        if rec is None:
-            todo.append(j)
-        elif rec.get("code_digest") != digests[j.method]:
-            stale.append(j)
+    todo, stale = store.partition(plan.jobs, digests, args.force)
     if stale:
         what = ", ".join(sorted({j.method for j in stale}))
         if getattr(args, "reuse_stale", False):

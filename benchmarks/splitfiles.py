@@ -24,15 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
-from benchmarks.protocol import PARTS, Split, load_splits
+from benchmarks.protocol import PARTS, Split, inner_validation, load_splits
 
 FORMATS = ("ours", "clam", "pathobench")
 OURS_COLUMNS = ["task", "seed", "fold", "case_id", "slide_id", "label", "part"]
@@ -135,12 +133,9 @@ def _listed(ids: list[str], n: int = 8) -> str:
 
 
 def _carve_validation(t: pd.DataFrame, val_frac: float, seed: int) -> pd.DataFrame:
-    """A patient-grouped, stratified validation part from the training rows (make_splits' inner rule)."""
+    """A validation part from the training rows, by make_splits' own rule (protocol.inner_validation)."""
     tr = t[t["part"] == "train"]
-    inner = StratifiedGroupKFold(n_splits=max(2, int(round(1.0 / val_frac))), shuffle=True, random_state=seed + 1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        _, iva = next(inner.split(tr, tr["label"], groups=tr["case_id"]))
+    _, iva = inner_validation(tr, val_frac, seed)
     t = t.copy()
     t.loc[tr.index[iva], "part"] = "val"
     return t
