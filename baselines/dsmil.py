@@ -53,6 +53,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,7 +118,7 @@ class BClassifier(nn.Module):
         critical = inst_logits.detach().argmax(dim=0)  # (C,) critical instance per class (Eq. 2)
         q_max = self.q(feats.index_select(0, critical))  # (C, 128)
         # official: / torch.sqrt(torch.tensor(128., dtype=torch.float32)) -- a float32 constant
-        scale = torch.sqrt(torch.tensor(float(queries.shape[1]), dtype=torch.float32)).item()
+        scale = float(np.sqrt(np.float32(queries.shape[1])))  # the same float32 square root, no tensor
         attn = torch.softmax(queries @ q_max.T / scale, dim=0)  # (N, C)
         bag_emb = (attn.T @ values).unsqueeze(0)  # (1, C, D)
         bag_logits = self.fcc(bag_emb).view(1, -1)  # (1, C)
@@ -199,14 +200,14 @@ class DSMIL(MILModel):
         bag_logits, attn, bag_emb, critical = self.b_classifier(feats, inst_logits)
         max_logits = inst_logits.max(dim=0, keepdim=True).values  # (1, C)
         bag_prob = torch.sigmoid(bag_logits)
-        col = int(bag_logits.detach().argmax(dim=1))
+        col = bag_logits.detach().argmax(dim=1)  # (1,) on the device: no host read per step
         extras = {
             "instance_logits": inst_logits, "max_instance_logits": max_logits,
             "attention_per_class": attn, "bag_embedding": bag_emb, "critical_index": critical,
             "bag_prob": bag_prob,  # train_tcga.py test score (--average False)
             "avg_prob": 0.5 * torch.sigmoid(max_logits) + 0.5 * bag_prob,
         }
-        attention = attn[:, col]
+        attention = attn.index_select(1, col).squeeze(1)
         if kept is not None:  # rows refer to kept patches; dropped patches get attention 0
             extras["kept_index"] = kept
             attention = attention.new_zeros(n_patches).index_copy(0, kept, attention)

@@ -123,7 +123,33 @@ class WiKG(MILModel):
 
     def forward(self, bag: Any) -> Output:
         check_bag(bag, "wikg")
-        x = self._fc1(bag.features)  # (N, d)
+        emb, idx, _ = self._nodes(bag.features)
+        h = self._readout(self.message_dropout(emb))  # (1, d)
+        logits = self.fc(self.norm(h))  # (1, C)
+        return Output(logits, attention=None, extras={"topk_index": idx})
+
+    @torch.no_grad()
+    def attention_weights(self, bag: Any) -> torch.Tensor:
+        """(N,) per-patch weights for heatmaps. With the ``attn`` readout: its gate's softmax over
+        the nodes (the weight of each node in the slide vector, as ABMIL's). With ``mean`` (the
+        official train.py) or ``max`` the readout weighs nodes alike, so each patch gets the
+        knowledge-aware attention it receives from the nodes that picked it as a top-k neighbour
+        (sum over i of softmax_k(ka)[i, k] where idx[i, k] is the patch), divided by N: the
+        weights sum to 1 and show which patches the graph step draws on."""
+        check_bag(bag, "wikg")
+        emb, idx, ka_prob = self._nodes(bag.features)
+        if self.pool == "attn":
+            gate = self.readout.gate_nn(emb).reshape(-1)
+            return torch.softmax(gate.float(), dim=0)
+        n = emb.shape[0]
+        received = torch.zeros(n, dtype=torch.float32, device=emb.device)
+        received.index_add_(0, idx.reshape(-1), ka_prob.reshape(-1).float())
+        return received / n
+
+    def _nodes(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Node embeddings after the knowledge-aware graph step (N, d), the top-k neighbour index
+        (N, k) and each node's attention over its neighbours (N, k)."""
+        x = self._fc1(features)  # (N, d)
         x = (x + x.mean(dim=0, keepdim=True)) * 0.5
         e_h = self.W_head(x)  # (N, d)
         e_t = self.W_tail(x)  # (N, d)
@@ -144,9 +170,7 @@ class WiKG(MILModel):
             emb = self.activation(self.linear(torch.cat([e_h, e_nh], dim=1)))
         else:
             emb = self.activation(self.linear1(e_h + e_nh)) + self.activation(self.linear2(e_h * e_nh))
-        h = self._readout(self.message_dropout(emb))  # (1, d)
-        logits = self.fc(self.norm(h))  # (1, C)
-        return Output(logits, attention=None, extras={"topk_index": idx})
+        return emb, idx, ka_prob.squeeze(1)
 
 
 def build(in_dim: int, omics_dim: int | None, n_classes: int, **hp: Any) -> WiKG:

@@ -25,6 +25,7 @@ COMMANDS = {
     "predict": ("benchmarks.predict", "apply a finished run's fold models to new slides (probabilities, attention)"),
     "heatmap": ("benchmarks.heatmaps", "draw one slide's attention per method (PNG/PDF) from a run's saved models"),
     "localise": ("benchmarks.heatmaps", "simulated runs: AUC of each method's attention against the informative patches"),
+    "simulate": ("benchmarks.simwrite", "write the simulated cohort as TRIDENT-style h5 files (rehearse --data at any size)"),
     "splits": ("benchmarks.splitfiles", "export a run's splits (ours or CLAM) for `run --splits`"),
     "tables": ("benchmarks.report", "re-render Tables 1-4, stats and figures from a finished run"),
     "reproduce": ("benchmarks.reproduce", "reproduce published classic-MIL numbers, as published and leak-free"),

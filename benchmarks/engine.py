@@ -20,7 +20,7 @@ import subprocess
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -93,6 +93,68 @@ def compute_view(bag: Any) -> Any:
     return type(bag)(**{**vars(bag), "features": f.float()})
 
 
+def prepare(bag: Any, device: torch.device) -> Any:
+    """The bag as a step computes on it: on ``device`` (bags left on the host because the
+    cohort exceeds the device budget move here, one at a time) and in float32 (:func:`compute_view`).
+    The slide's kNN graph is built once on the host bag, so a per-step copy never rebuilds it."""
+    f = getattr(bag, "features", None)
+    if f is not None and f.device != device and hasattr(bag, "to"):
+        if getattr(bag, "coords", None) is not None and hasattr(bag, "edge_index"):
+            bag.edge_index  # noqa: B018 - cached on the host bag, moved with it
+        bag = bag.to(device)
+    return compute_view(bag)
+
+
+def needs_preparation(bags: Sequence[Any], device: torch.device) -> bool:
+    """Whether producing a step's bag costs anything (half-precision storage to cast, a memory-
+    mapped store to read, a host-to-device copy): then the next one is prefetched."""
+    f = getattr(bags[0], "features", None) if len(bags) else None
+    return f is not None and (f.dtype in (torch.float16, torch.bfloat16) or f.device != device)
+
+
+def prefetched(make: Callable[[int], Any], n: int, enabled: bool = True) -> Iterator[Any]:
+    """``make(0), ..., make(n - 1)``, each next item produced in a background thread while the
+    caller trains on the current one (issue #19: data must never be the step's bottleneck).
+    Items come back in order and are the same objects ``make`` returns, so results do not change."""
+    if not enabled or n < 2:
+        for i in range(n):
+            yield make(i)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        nxt = pool.submit(make, 0)
+        for i in range(n):
+            cur = nxt.result()
+            if i + 1 < n:
+                nxt = pool.submit(make, i + 1)
+            yield cur
+
+
+def host_sync_each_step(device: torch.device) -> bool:
+    """Whether the step loop may read values back to the host each step (the finiteness check
+    names the slide at once). On CPU that costs nothing; on an accelerator it would stall the
+    queue every step, so the check waits for the epoch end (tests switch the CPU to that path)."""
+    return device.type == "cpu"
+
+
+DEVICE_FRACTION = 0.5  # of the free accelerator memory the bags of a job may take when moved once
+
+
+def stage_bags(parts: Sequence[Sequence[Any]], device: torch.device) -> tuple[list[list[Any]], bool]:
+    """Move every bag of a job to the accelerator once when they fit ``DEVICE_FRACTION`` of its
+    free memory (no copy per step); otherwise leave them on the host and move each per step,
+    prefetched (a paper-scale cohort on a 24 GB card). Returns the parts and whether they moved."""
+    parts = [list(p) for p in parts]
+    if device.type == "cpu":
+        return parts, False
+    total = sum(b.features.nelement() * b.features.element_size() for p in parts for b in p)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else math.inf
+    if total > DEVICE_FRACTION * free:
+        return parts, False
+    return [[b.to(device) for b in p] for p in parts], True
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, bags: Sequence[Any], device: torch.device,
             protocol: ProtocolConfig) -> np.ndarray:
@@ -100,10 +162,10 @@ def predict(model: torch.nn.Module, bags: Sequence[Any], device: torch.device,
     model.eval()
     out = []
     with autocast_context(device, protocol):
-        for b in bags:
+        for b in prefetched(lambda i: prepare(bags[i], device), len(bags), needs_preparation(bags, device)):
             if getattr(b, "omics", None) is not None:
                 raise RuntimeError(f"slide {b.slide_id}: evaluation bags must not carry omics")
-            out.append(_positive_prob(model, model(compute_view(b))))
+            out.append(_positive_prob(model, model(b)))
     return torch.cat(out).float().cpu().numpy() if out else np.zeros(0)
 
 
@@ -247,7 +309,8 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
         best_score, best_loss, best_state, since_best = -math.inf, math.inf, None, 0
         forward = _compiled(model) if protocol.compile else model
         batch_size = protocol.batch_size if supports_batching(model) else 1
-        sync_each_step = device.type == "cpu"  # on CUDA the finiteness check waits for the epoch end
+        sync_each_step = host_sync_each_step(device)
+        prefetch = needs_preparation(train_bags, device)
         for epoch in range(max_epochs):
             model.train()
             if hasattr(model, "on_epoch_start"):
@@ -259,11 +322,14 @@ def fit(model: torch.nn.Module, train_bags: Sequence[Any], val_bags: Sequence[An
             starts = range(0, len(order), batch_size)
             if epoch == 0 or recipe.partial_accumulation != "carry":
                 opt.zero_grad(set_to_none=True)
-            for i, start in enumerate(starts):
+
+            def make(i: int, order=order, starts=starts):
                 if batch_size == 1:
-                    bag = compute_view(train_bags[order[start]])
-                else:  # optional padded multi-slide step (batching.py)
-                    bag = pad_bags([compute_view(train_bags[j]) for j in order[start:start + batch_size]])
+                    return prepare(train_bags[order[starts[i]]], device)
+                # optional padded multi-slide step (batching.py)
+                return pad_bags([prepare(train_bags[j], device) for j in order[starts[i]:starts[i] + batch_size]])
+
+            for i, bag in enumerate(prefetched(make, len(starts), prefetch)):
                 with autocast_context(device, protocol):
                     out = forward(bag) if batch_size == 1 else model.forward_batch(bag.features, bag.mask)
                     terms = model.loss(out, bag)
@@ -354,18 +420,23 @@ def run_job(model: torch.nn.Module, train_bags, val_bags, test_bags, external_ba
     """Fit then evaluate; returns the result body (the runner adds the job description)."""
     device = select_device(protocol)
     model.to(device)
-    mv = (lambda bs: [b.to(device) for b in bs]) if device.type != "cpu" else (lambda bs: list(bs))
-    train_bags, val_bags, test_bags, external_bags = map(mv, (train_bags, val_bags, test_bags, external_bags))
-    t0 = time.perf_counter()
-    fitted = fit(model, train_bags, val_bags, protocol, seed, device, recipe=recipe,
-                 watch={"test": test_bags} if watch_test else None)
-    t1 = time.perf_counter()
-    res = evaluate(model, val_bags, test_bags, external_bags, protocol, device)
-    t2 = time.perf_counter()
+    (train_bags, val_bags, test_bags, external_bags), moved = stage_bags(
+        (train_bags, val_bags, test_bags, external_bags), device)
+    from benchmarks.memprobe import PeakMemory
+
+    with PeakMemory(device=device) as mem:  # the job's own footprint (smoke table, GPU budget)
+        t0 = time.perf_counter()
+        fitted = fit(model, train_bags, val_bags, protocol, seed, device, recipe=recipe,
+                     watch={"test": test_bags} if watch_test else None)
+        t1 = time.perf_counter()
+        res = evaluate(model, val_bags, test_bags, external_bags, protocol, device)
+        t2 = time.perf_counter()
     res.update(curve=fitted["curve"], best_epoch=fitted["best_epoch"],
                n_train=len(train_bags), n_val=len(val_bags), n_test=len(test_bags),
                timings={"fit_s": t1 - t0, "eval_s": t2 - t1,
-                        "steps": sum(1 for _ in fitted["curve"]) * len(train_bags)},
+                        "steps": sum(1 for _ in fitted["curve"]) * len(train_bags),
+                        "train_patches_mean": round(float(np.mean([b.features.shape[0] for b in train_bags])), 1)
+                        if len(train_bags) else 0.0, "bags_on_device": moved, **mem.report()},
                env=environment())
     return res
 

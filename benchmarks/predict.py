@@ -73,7 +73,7 @@ def main(args) -> int:
     from benchmarks.engine import predict, select_device
     from benchmarks.models import attention_of, load_model
     from benchmarks.protocol import ProtocolConfig
-    from benchmarks.runner import _sources
+    from benchmarks.runner import _sources, plan_sources
     from benchmarks.suites import load_suite
 
     run = Path(args.run)
@@ -83,8 +83,9 @@ def main(args) -> int:
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     task, models = _models(run, args.task, methods)
     suite = load_suite(summary["suite"])
-    args.feature_dtype, args.feature_store = "float32", False
+    args.feature_dtype, args.feature_store = None, False
     src, _, _ = _sources(suite, args)
+    src, _, _ = plan_sources(src, None, args)
     # labels are optional on new slides: only the label columns the manifest has are read
     header = set(pd.read_csv(src.manifest, nrows=0).columns.str.strip())
     src = dataclasses.replace(src, label_maps=tuple((c, m) for c, m in src.label_maps if c in header))

@@ -980,6 +980,10 @@ def write_all(run_dir: str | Path, formats: Sequence[str] = FORMATS, paper: bool
     if bad:
         raise ValueError(f"unknown table format(s) {sorted(bad)}; choose from {FORMATS}")
     run = Path(run_dir)
+    from .smoke import is_smoke_run, write_smoke
+
+    if is_smoke_run(run):  # one-epoch jobs: timings and memory only, never Tables 1-4
+        return write_smoke(run)
     provenance: dict[str, Any] = {}
     metrics, preds = load_results(run, provenance)
     tables = build_tables(metrics, preds, paper=paper, paper_dir=paper_dir, planned=provenance.get("coverage", {}))

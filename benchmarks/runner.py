@@ -31,7 +31,7 @@ from benchmarks.recipes import RECIPES, resolve as resolve_recipe, split_train_p
 from benchmarks.suites import Suite, load_suite
 from momkd.recipe import Recipe
 
-GRIDS = ("cv", "ablation", "memory", "extensions")
+GRIDS = ("cv", "ablation", "memory", "extensions", "smoke")
 DEFAULT_GRIDS = ("cv", "ablation", "memory")  # the paper's four tables; "extensions" on request
 # Table 3 (ablation on HER2) and Table 4 (fixed vs momentum memory); the extensions grid adds this
 # suite's EMA memory (a true momentum update, not in the paper or its code) to Table 4
@@ -184,6 +184,8 @@ def plan_jobs(suite: Suite, cohort: Cohort, protocol: ProtocolConfig, methods: l
     cells: list[tuple[str, str, str, str]] = []  # (grid, method, variant, task)
     if "cv" in grids:
         cells += [("cv", m, "default", t) for m in runnable for t in tasks]
+    if "smoke" in grids:  # benchmarks/smoke.py: one epoch, one fold, every method
+        cells += [("smoke", m, "default", t) for m in runnable for t in tasks]
     if "momkd" in runnable:
         if "ablation" in grids:
             cells += [("ablation", "momkd", v, t) for v in ABLATION_VARIANTS for t in tasks if t in ABLATION_TASKS]
@@ -296,8 +298,7 @@ def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str
             om = d / files.get("omics", "omics.csv")
             return CohortSource(kind="files", name=name, manifest=str(man), features_dir=str(d / files[features_key]),
                                 omics=str(om) if om.is_file() else None, label_maps=maps,
-                                skip_bad_slides=args.skip_bad_slides, feature_dtype=args.feature_dtype,
-                                feature_store=bool(getattr(args, "feature_store", False)))
+                                skip_bad_slides=args.skip_bad_slides)
 
         main = src("manifest", "features", suite.name)
         if main is None:
@@ -306,9 +307,33 @@ def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str
         return main, src("external_manifest", "external_features", suite.name + "_external"), f"data-{d.name}"
     scale = default_scale(suite, args)
     seed = int(suite.raw.get("simulated", {}).get("seed", 0))
-    main = CohortSource(kind="simulated", name=suite.name, scale=scale, seed=seed, feature_dtype=args.feature_dtype)
+    main = CohortSource(kind="simulated", name=suite.name, scale=scale, seed=seed)
     ext = dataclasses.replace(main, external=True)
     return main, ext, f"sim-{scale}"
+
+
+def plan_sources(src: CohortSource, ext: CohortSource | None, args, quiet: bool = False
+                 ) -> tuple[CohortSource, CohortSource | None, dict[str, Any]]:
+    """Decide, per cohort, between in-memory features and the shared memory-mapped store
+    (``benchmarks/data/storage.py``: ``--memory-budget``, ``--feature-store``, ``--feature-dtype``),
+    print the decision once and return it for ``summary.json``."""
+    from benchmarks.data.storage import parse_bytes, plan_storage
+
+    budget = getattr(args, "memory_budget", None)
+    budget = parse_bytes(budget) if budget is not None else None
+    workers = int(getattr(args, "workers", 1) or 1) if getattr(args, "executor", "local") == "local" else 1
+    out, plans = [], {}
+    for s in (src, ext):
+        if s is None:
+            out.append(None)
+            continue
+        s, plan = plan_storage(s, workers, budget, force_store=bool(getattr(args, "feature_store", False)),
+                               dtype=getattr(args, "feature_dtype", None))
+        if plan.feature_bytes is not None and not quiet:
+            print(plan.describe(s.name + ("_external" if s.external else "")), file=sys.stderr)
+        plans[s.name + ("_external" if s.external else "")] = dataclasses.asdict(plan)
+        out.append(s)
+    return out[0], out[1], plans
 
 
 def _csv_list(s: str | None, cast=str) -> list | None:
@@ -349,7 +374,8 @@ def add_arguments(p) -> None:
     p.add_argument("--tasks", default=None, help="comma-separated tasks (default: all of the suite)")
     p.add_argument("--grids", default=None,
                    help=f"comma-separated of {','.join(GRIDS)} (default: {','.join(DEFAULT_GRIDS)}; extensions adds "
-                        "MoMKD's EMA memory to Table 4)")
+                        "MoMKD's EMA memory to Table 4; smoke, alone: every method one epoch on fold 0, seconds and "
+                        "memory in tables/smoke.md)")
     p.add_argument("--folds", default=None, help="comma-separated fold indices (default: all)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--out", default=None, help="run folder (default: results/<suite>/<run>)")
@@ -381,11 +407,16 @@ def add_arguments(p) -> None:
                    help="standardise patch features with the training part's statistics (default: the suite's)")
     p.add_argument("--skip-bad-slides", action="store_true",
                    help="drop unreadable/invalid slides (recorded in summary.json) instead of stopping")
-    p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
-                   help="in-memory storage dtype of features (float16 halves memory)")
+    p.add_argument("--feature-dtype", choices=("float32", "float16"), default=None,
+                   help="storage dtype of features (default: float32 in memory, float16 in the feature store; "
+                        "every step computes in float32)")
     p.add_argument("--feature-store", action="store_true",
-                   help="real data: build one consolidated cache of the feature files on first use "
-                        "($MOMKD_CACHE_DIR, default results/cache) and memory-map it in every worker")
+                   help="always use the feature store: the cohort is written once to $MOMKD_CACHE_DIR (default "
+                        "results/cache) and memory-mapped by every worker (default: only when the features x "
+                        "processes exceed --memory-budget)")
+    p.add_argument("--memory-budget", default=None,
+                   help="memory the features may take across the run's processes, e.g. 12GB (default: half of "
+                        "the memory available at start); a larger cohort goes to the feature store")
     p.add_argument("--splits", default=None,
                    help="reuse a published split: our `splits export` CSV, a Patho-Bench k=all.tsv or a folder of "
                         "CLAM splits_k.csv (patients in two parts of a fold are refused)")
@@ -406,21 +437,43 @@ def main(args) -> int:
     check_positive("--workers", args.workers)
     check_positive("--batch-size", getattr(args, "batch_size", None))
     suite = load_suite(args.suite)
+    if "smoke" in (_csv_list(args.grids) or []):  # one epoch on one fold of one task, every method
+        if _csv_list(args.grids) != ["smoke"]:
+            raise ValueError("--grids smoke runs alone (its one-epoch jobs never enter Tables 1-4)")
+        args.max_epochs = 1
+        args.folds = args.folds or "0"
+        args.tasks = args.tasks or next(iter(suite.tasks))
     src, ext_src, run_name = _sources(suite, args)
+    unused_ext = None
+    if suite.external_task not in (_csv_list(args.tasks) or list(suite.tasks)):
+        # the external cohort is scored on its one task only: not loaded without it (its manifest
+        # is still checked for patients shared with the internal cohort below)
+        unused_ext, ext_src = ext_src, None
+    src, ext_src, storage = plan_sources(src, ext_src, args)
     recipe = getattr(args, "recipe", "shared") or "shared"
     if recipe != "shared":
         run_name += f"-{recipe}"  # one recipe per run folder: tables never mix them
+    if "smoke" in (_csv_list(args.grids) or []):
+        run_name += "-smoke"
     run_dir = Path(args.out) if args.out else Path("results") / suite.name / (args.run or run_name)
     protocol = resolve_protocol(suite, src.scale if src.kind == "simulated" else None, args)
     cohort = load_cohort(src)
-    ext_cohort = load_cohort(ext_src) if ext_src is not None else None
-    if ext_cohort is not None:
-        check_external_disjoint(cohort.manifest, ext_cohort.manifest,
-                                (f"internal ({src.manifest or src.name})", f"external ({ext_src.manifest or ext_src.name})"))
     tasks = _csv_list(args.tasks) or [t for t in suite.tasks if t in cohort.tasks()]
     unknown = [t for t in tasks if t not in suite.tasks]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; suite {suite.name} has {list(suite.tasks)}")
+    if suite.external_task not in tasks:
+        unused_ext, ext_src = unused_ext or ext_src, None
+    ext_cohort = load_cohort(ext_src) if ext_src is not None else None
+    if ext_cohort is not None:
+        check_external_disjoint(cohort.manifest, ext_cohort.manifest,
+                                (f"internal ({src.manifest or src.name})", f"external ({ext_src.manifest or ext_src.name})"))
+    elif unused_ext is not None and unused_ext.kind == "files":  # the manifest alone: no features read
+        from benchmarks.data.readers import read_manifest
+
+        check_external_disjoint(cohort.manifest, read_manifest(unused_ext.manifest, dict(
+            (c, dict(m)) for c, m in unused_ext.label_maps)),
+            (f"internal ({src.manifest})", f"external ({unused_ext.manifest})"))
     methods = _csv_list(args.methods) or list(registry.METHODS)
     for m in methods:
         registry.get(m)  # unknown names fail here with suggestions
@@ -507,7 +560,7 @@ def main(args) -> int:
         print(f"FAILED {r['label']}: {r['error']}\n{r['traceback']}", file=sys.stderr)
 
     summary = {"suite": suite.name, "run_dir": str(run_dir), "cohort": dataclasses.asdict(src),
-               "data_fingerprint": cohort.fingerprint, "protocol": protocol.to_dict(),
+               "data_fingerprint": cohort.fingerprint, "storage": storage, "protocol": protocol.to_dict(),
                "protocol_hash": protocol.hash(), "method_params": overrides, "recipe": recipe,
                "recipes": {m: r.to_dict() for m, r in plan.recipes.items()}, "params_source": params_source, "methods": methods, "tasks": tasks, "grids": grids,
                "folds": folds, "seeds": seeds, "n_jobs": len(plan.jobs), "n_ran": len(todo) - by_other, "n_by_other_run": by_other, "models": models,
@@ -535,10 +588,10 @@ def main(args) -> int:
 
 
 def write_tables(run_dir: Path) -> None:
-    """Render the tables (benchmarks.report) and print Table 1."""
+    """Render the tables (benchmarks.report) and print Table 1 (a smoke run: its smoke table)."""
     from benchmarks import report
 
-    report.write_all(run_dir)
-    t1 = Path(run_dir) / "tables" / "table1.md"
+    written = report.write_all(run_dir)
+    t1 = written.get("tables/smoke.md") or Path(run_dir) / "tables" / "table1.md"
     if Path(t1).exists():
         print(Path(t1).read_text())

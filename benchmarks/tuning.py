@@ -612,18 +612,22 @@ def add_arguments(p) -> None:
     p.add_argument("--max-epochs", type=int, default=None, help="override the protocol's max epochs")
     p.add_argument("--out", default=None, help="output folder (default: results/<suite>/tune/<study>)")
     p.add_argument("--skip-bad-slides", action="store_true")
-    p.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--feature-dtype", choices=("float32", "float16"), default=None,
+                   help="storage dtype of features (default: float32 in memory, float16 in the feature store)")
+    p.add_argument("--memory-budget", default=None,
+                   help="memory the features may take across processes, e.g. 12GB (default: half of the available)")
 
 
 def config_from_args(args, method: str | None = None) -> tuple[TuneConfig, Path]:
     from benchmarks import registry
     from benchmarks.recipes import resolve as resolve_recipe
-    from benchmarks.runner import _csv_list, _sources
+    from benchmarks.runner import _csv_list, _sources, plan_sources
     from benchmarks.suites import load_suite
 
     method = method or args.method
     suite = load_suite(args.suite)
     src, _, run_name = _sources(suite, args)
+    src, _, _ = plan_sources(src, None, args)
     protocol = suite.protocol_for_scale(src.scale if src.kind == "simulated" else None,
                                         {"max_epochs": args.max_epochs})
     spec = registry.get(method)

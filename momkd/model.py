@@ -28,6 +28,7 @@ every term), and sums its loss into a float32 tensor (ours keeps the model's dty
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Iterable
 
 import torch
@@ -38,6 +39,9 @@ from momkd.config import MoMKDConfig, resolve
 from momkd.contract import MILModel, Output, bag_label, check_bag
 from momkd.encoders import GatedPool, OmicsBranch, WSIEncoder
 from momkd.graph import knn_edge_index
+
+# edge_index tensors whose patch range was checked (by identity: a tensor's == is elementwise)
+_CHECKED_GRAPHS: dict[int, "weakref.ref[torch.Tensor]"] = {}
 from momkd.losses import alignment_loss, memory_regulariser, reconstruction_loss
 from momkd.memory import MemoryBanks, sample_class_projections, spherical_kmeans
 
@@ -106,9 +110,13 @@ class MoMKD(MILModel):
                 pass
         if ei.dim() != 2 or ei.shape[0] != 2:
             raise ValueError(f"momkd: slide {sid}: edge_index must be (2, E), got {tuple(ei.shape)}")
+        seen = _CHECKED_GRAPHS.get(id(ei))
+        if seen is not None and seen() is ei:  # range checked on an earlier step: no device read per step
+            return ei.to(bag.features.device)
         if ei.numel() and (int(ei.max()) >= n or int(ei.min()) < 0):
             raise ValueError(f"momkd: slide {sid}: edge_index refers to patch {int(ei.max())} but the bag has "
                              f"{n} patches; rebuild the graph from this slide's coords")
+        _CHECKED_GRAPHS[id(ei)] = weakref.ref(ei, lambda _, k=id(ei): _CHECKED_GRAPHS.pop(k, None))
         return ei.to(bag.features.device)
 
     def encode_patches(self, bag: Any) -> torch.Tensor:
@@ -157,7 +165,8 @@ class MoMKD(MILModel):
         align_omics, recon; ``total`` is their weighted sum."""
         c, ex = self.cfg, output.extras
         y = bag_label(bag)
-        label = int(y.item())
+        raw = getattr(bag, "label", None)  # the host's own int when the bag has one: no device read
+        label = int(raw) if raw is not None and not torch.is_tensor(raw) else int(y.item())
         if label not in (0, 1):
             raise ValueError(f"momkd: slide {getattr(bag, 'slide_id', '?')}: label {label}; MoMKD needs 0/1")
         ce = F.cross_entropy(output.logits, y)

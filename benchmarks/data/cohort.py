@@ -6,9 +6,11 @@ features are never re-read per epoch and each slide's kNN graph is built once.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -127,10 +129,34 @@ def _simulated(src: CohortSource) -> Cohort:
     for t in ("her2", "pr", "odx"):
         if t in manifest:
             manifest[t] = manifest[t].astype("Int64")
-    fp = _fingerprint({"kind": "simulated", "scale": src.scale, "seed": src.seed, "external": src.external,
-                       "config": repr(sc.config)})
-    return Cohort(name=src.name + ("_external" if src.external else ""), manifest=manifest, features=sc.features,
-                  coords=sc.coords, omics=sc.omics, fingerprint=fp, source=src)
+    parts = {"kind": "simulated", "scale": src.scale, "seed": src.seed, "external": src.external,
+             "config": repr(sc.config)}
+    if src.feature_dtype != "float32":  # the features the models see are rounded: another data set
+        parts["feature_dtype"] = src.feature_dtype
+    fp = _fingerprint(parts)
+    features, coords = sc.features, sc.coords
+    if src.feature_store:  # generated once into a memory-mapped store that every worker shares
+        from benchmarks.data.store import FeatureStore
+
+        def slide(sid: str):
+            g = sc.source.get(sid)
+            return g.features, g.coords
+
+        # the generator's own code is part of the key: a changed simulator never reads an old store
+        key = "sim-" + hashlib.sha256(f"{fp}|{src.feature_dtype}|{_simulator_digest()}".encode()).hexdigest()[:20]
+        store = FeatureStore.open_or_write(
+            key, {sid: functools.partial(slide, sid) for sid in manifest["slide_id"]}, src.feature_dtype,
+            what=f"writing the simulated {src.scale} cohort to the feature store (once)")
+        features = {sid: store[sid] for sid in store}
+        coords = {sid: store.coords(sid) for sid in store}
+    return Cohort(name=src.name + ("_external" if src.external else ""), manifest=manifest, features=features,
+                  coords=coords, omics=sc.omics, fingerprint=fp, source=src)
+
+
+def _simulator_digest() -> str:
+    from benchmarks.data import simulated
+
+    return hashlib.sha256(Path(simulated.__file__).read_bytes()).hexdigest()[:16]
 
 
 def _files(src: CohortSource) -> Cohort:
@@ -179,9 +205,12 @@ def _files(src: CohortSource) -> Cohort:
     from benchmarks.provenance import contents_fingerprint
 
     sids = list(manifest["slide_id"])  # feature contents, hashed once per (path, size, mtime)
-    fp = _fingerprint({"kind": "files", "manifest": int(pd.util.hash_pandas_object(manifest).sum()),
-                       "files": sorted(zip(sids, contents_fingerprint(paths[s] for s in sids))),
-                       "omics": None if omics is None else int(pd.util.hash_pandas_object(omics).sum())})
+    parts = {"kind": "files", "manifest": int(pd.util.hash_pandas_object(manifest).sum()),
+             "files": sorted(zip(sids, contents_fingerprint(paths[s] for s in sids))),
+             "omics": None if omics is None else int(pd.util.hash_pandas_object(omics).sum())}
+    if src.feature_dtype != "float32":  # rounded features: another data set for the models
+        parts["feature_dtype"] = src.feature_dtype
+    fp = _fingerprint(parts)
     return Cohort(name=src.name, manifest=manifest, features=feats, coords=coords if has_coords else None,
                   omics=omics, fingerprint=fp, source=src, skipped=kept)
 

@@ -219,5 +219,5 @@ def suite_source(suite: Any, args: Any):
     if dataset not in DATASETS:
         raise ValueError(f"suite {suite.name}: [source] dataset {dataset!r} is not one of {list(DATASETS)}")
     src = CohortSource(kind="milcsv", name=suite.name, dataset=dataset, task=task, feature_transform=transform,
-                       feature_dtype=getattr(args, "feature_dtype", "float32"))
+                       feature_dtype=getattr(args, "feature_dtype", None) or "float32")
     return src, None, f"mil-{dataset}-{transform}"

@@ -625,7 +625,7 @@ def simulate_external(config: SimConfig | str = "small", seed: int = 0) -> SimCo
     return simulate(config, seed, site="external")
 
 
-def write_h5(cohort: SimCohort, out_dir: str | Path, overwrite: bool = False) -> Path:
+def write_h5(cohort: SimCohort, out_dir: str | Path, overwrite: bool = False, progress: bool = False) -> Path:
     """Materialise a cohort as real-data files, once (e.g. ``paper`` before many GPU epochs):
     ``out_dir/features/<slide_id>.h5`` with TRIDENT/CLAM datasets ``features`` (N, D) float32 and
     ``coords`` (N, 2), plus ``manifest.csv`` and ``omics.csv`` (case_id x genes). Slides are
@@ -635,7 +635,9 @@ def write_h5(cohort: SimCohort, out_dir: str | Path, overwrite: bool = False) ->
     out = Path(out_dir)
     feat_dir = out / "features"
     feat_dir.mkdir(parents=True, exist_ok=True)
-    for sid in cohort.manifest["slide_id"]:
+    from tqdm.auto import tqdm
+
+    for sid in tqdm(cohort.manifest["slide_id"], desc="writing h5 files", unit="slide", disable=not progress or None):
         path = feat_dir / f"{sid}.h5"
         if path.exists() and not overwrite:
             continue  # resumable: an interrupted export keeps its finished slides

@@ -15,6 +15,7 @@ cached load reports exactly what a fresh read reports.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -89,15 +90,30 @@ class FeatureStore(Mapping[str, np.ndarray]):
         """The store for exactly these files, built on first use (atomically: a killed build leaves
         no half store behind, and concurrent builders agree on the result). ``None`` when the files
         disagree on the feature dimension: the caller reads them directly and reports the odd slides."""
+        from benchmarks.data import readers
+
+        loaders = {sid: functools.partial(readers.read_bag_file, paths[sid], slide_id=sid) for sid in paths}
+        return cls.open_or_write(store_key(paths, dtype), loaders, dtype, cache_dir, progress,
+                                 files={s: str(paths[s]) for s in sorted(paths)}, what="building feature store")
+
+    @classmethod
+    def open_or_write(cls, key: str, loaders: Mapping[str, Callable[[], tuple[np.ndarray, np.ndarray | None]]],
+                      dtype: str = "float16", cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                      files: Mapping[str, str] | None = None, what: str = "building feature store"
+                      ) -> "FeatureStore | None":
+        """The store named ``key`` (which must hash everything the features depend on), written on
+        first use from ``loaders`` (slide_id -> () -> (features, coords or None); a ``DataError``
+        is recorded as the slide's problems). Feature files use :meth:`open_or_build`; the
+        simulated ``paper`` cohort materialises its generated slides here once."""
         if dtype not in DTYPES:
             raise ValueError(f"feature store dtype must be one of {DTYPES}, got {dtype!r}")
-        root = Path(cache_dir or default_cache_dir()) / store_key(paths, dtype)
+        root = Path(cache_dir or default_cache_dir()) / key
         if (root / "index.json").is_file():
             return cls(root)
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
         try:
-            if not cls._write(paths, tmp, np.dtype(dtype), progress):
+            if not cls._write(loaders, tmp, np.dtype(dtype), progress, files or {}, what):
                 return None
             try:
                 os.replace(tmp, root)
@@ -110,19 +126,18 @@ class FeatureStore(Mapping[str, np.ndarray]):
         return cls(root)
 
     @staticmethod
-    def _write(paths: Mapping[str, str | os.PathLike], root: Path, dtype: np.dtype, progress: bool) -> bool:
+    def _write(loaders: Mapping[str, Callable[[], tuple[np.ndarray, np.ndarray | None]]], root: Path,
+               dtype: np.dtype, progress: bool, files: Mapping[str, str], what: str) -> bool:
         from tqdm.auto import tqdm
-
-        from benchmarks.data import readers
 
         slides: dict[str, dict[str, int | bool]] = {}
         problems: list[DataProblem] = []
         dim, rows = None, 0
         with open(root / "features.bin", "wb") as ff, open(root / "coords.bin", "wb") as fc:
-            for sid in tqdm(sorted(paths), desc="building feature store", leave=False,
-                            disable=not progress or len(paths) < 50):
+            for sid in tqdm(sorted(loaders), desc=what, unit="slide", leave=False,
+                            disable=True if not progress or len(loaders) < 50 else None):  # None: a terminal only
                 try:
-                    feats, xy = readers.read_bag_file(paths[sid], slide_id=sid)
+                    feats, xy = loaders[sid]()
                 except DataError as e:
                     problems.extend(e.problems)
                     continue
@@ -136,6 +151,6 @@ class FeatureStore(Mapping[str, np.ndarray]):
                 slides[sid] = {"start": rows, "n": int(feats.shape[0]), "dim": dim, "has_coords": xy is not None}
                 rows += int(feats.shape[0])
         meta = {"format": FORMAT, "dtype": dtype.name, "dim": dim or 0, "rows": rows, "slides": slides,
-                "problems": [asdict(p) for p in problems], "files": {s: str(paths[s]) for s in sorted(paths)}}
+                "problems": [asdict(p) for p in problems], "files": dict(files)}
         (root / "index.json").write_text(json.dumps(meta))
         return True
