@@ -17,6 +17,8 @@ import threading
 COMMANDS = {
     "run": ("benchmarks.runner", "run a suite: cross-validation, ablation and memory grids, tables"),
     "list": ("benchmarks.registry", "list registered methods, families, needs and variants"),
+    "check-method": ("benchmarks.checks", "check registered methods against the model contract (shapes, loss, "
+                     "omics-free inference, state_dict, determinism, precision, bf16)"),
     "config": ("benchmarks.protocol", "print a suite's resolved protocol"),
     "prepare": ("benchmarks.prepare", "build the TCGA-BRCA manifest, HER2/PR/ODX labels and omics from public tables"),
     "perf": ("benchmarks.perf", "seconds per step and peak memory per method at 1k/10k/100k patches"),

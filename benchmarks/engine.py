@@ -39,7 +39,8 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     Deterministic algorithms are switched on without torch's companion setting that fills every
     newly allocated tensor with NaN (``torch.utils.deterministic.fill_uninitialized_memory``, a
     debugging aid for reads of uninitialised memory): it changes no result of code that never
-    reads such memory (tests/test_engine.py checks every method's step with and without it) and
+    reads such memory (the contract rule ``no_uninitialised_reads``, benchmarks/checks.py, checks every
+    method's step with and without it) and
     it is one extra write per allocation: 7.8% of a profiled MoMKD job's CPU time on the ``small``
     cohort (138k fills) and 1-5% of its wall time in alternating A/B runs (the default command's
     total moved by less than this VM's noise: most of a fill's cost is the first touch of fresh

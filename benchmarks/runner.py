@@ -457,6 +457,10 @@ def main(args) -> int:
         run_name += "-smoke"
     run_dir = Path(args.out) if args.out else Path("results") / suite.name / (args.run or run_name)
     protocol = resolve_protocol(suite, src.scale if src.kind == "simulated" else None, args)
+    if src.feature_store and protocol.feature_norm != "none":
+        print(f"warning: --feature-norm {protocol.feature_norm} standardises a copy of each job's bags in the "
+              "worker's memory: the feature store does not bound that copy (budget it as in-memory features)",
+              file=sys.stderr)
     cohort = load_cohort(src)
     tasks = _csv_list(args.tasks) or [t for t in suite.tasks if t in cohort.tasks()]
     unknown = [t for t in tasks if t not in suite.tasks]

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from baselines.abmil import ABMIL
-from benchmarks import registry
 from benchmarks.data.bag import Bag
 from benchmarks.engine import evaluate, fit, run_job, seed_everything
 from benchmarks.metrics import binary_metrics, choose_threshold
@@ -162,26 +161,17 @@ def test_compiled_forward_matches_eager():
         assert abs(a["train_total"] - b["train_total"]) < 1e-4
 
 
-@pytest.mark.parametrize("method", registry.names())
-def test_cpu_bf16_autocast_trains_every_method(method):
-    """``cpu_bf16``: one engine step of every method under CPU bf16 autocast runs, stays finite and
-    moves the weights; MoMKD's per-edge attention stays float32 (its output dtype says so)."""
+def test_momkd_per_edge_attention_stays_float32_under_cpu_bf16():
+    """Every method's bf16 step is a contract rule (benchmarks/checks.py); MoMKD's per-edge
+    attention and softmax must stay float32 under it (its output dtype says so)."""
     from benchmarks.perf import make_case
+    from momkd.encoders import cached_blocks, gatv2_chunked
 
-    model, bag, step, _ = make_case(method, 40, 32, 16, bf16=True)
-    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    model, bag, step, _ = make_case("momkd", 40, 32, 16, bf16=True)
     step()
-    after = [p.detach() for p in model.parameters() if p.requires_grad]
-    assert all(torch.isfinite(p).all() for p in after)
-    assert any(not torch.equal(a, b) for a, b in zip(before, after))
-    assert all(p.dtype == torch.float32 for p in after)  # autocast keeps fp32 master weights
-    if method == "momkd":
-        from momkd.encoders import gatv2_chunked, cached_blocks
-
-        conv = model.wsi.gat1
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = gatv2_chunked(conv, bag.features, cached_blocks(bag.edge_index, 40, 64))
-        assert out.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gatv2_chunked(model.wsi.gat1, bag.features, cached_blocks(bag.edge_index, 40, 64))
+    assert out.dtype == torch.float32
 
 
 @pytest.fixture
@@ -198,23 +188,3 @@ def test_seed_everything_keeps_determinism_without_the_nan_fill(deterministic_st
     seed_everything(0)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.utils.deterministic.fill_uninitialized_memory is False
-
-
-@pytest.mark.parametrize("method", registry.names())
-def test_training_steps_never_read_uninitialised_memory(method, deterministic_state):
-    """seed_everything turns off torch's NaN fill of new tensors; that is only safe if no method
-    reads memory it did not write. With the fill on, every fresh float buffer starts as NaN, so
-    such a read would change (or NaN) the weights after two steps; they must equal the run without."""
-    from benchmarks.perf import make_case
-
-    weights = {}
-    for fill in (True, False):
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory = fill
-        model, _, step, _ = make_case(method, 40, 32, 16, seed=0)
-        torch.manual_seed(1)
-        step()
-        step()
-        weights[fill] = [p.detach().clone() for p in model.parameters()]
-    assert all(torch.isfinite(p).all() for p in weights[True])
-    assert all(torch.equal(a, b) for a, b in zip(weights[True], weights[False]))
