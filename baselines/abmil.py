@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from baselines.layers import Attention, FastDropout, GatedAttention, masked_softmax
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, check_bag
 from momkd.recipe import Recipe
 
@@ -147,3 +148,13 @@ def from_official(state_dict: dict, gate: bool = True, size_arg: str = "small", 
                   dropout=dropout, gate=gate)
     model.load_state_dict(sd, strict=True)
     return model
+
+
+SPEC = MethodSpec(
+    "abmil", family="mil", display="ABMIL", job_cost=1.5, build=build, config=ABMILConfig,
+    recipes={"wsi": RECIPE, "classic_mil": CLASSIC_MIL_RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "attn_dim=64,128,256,384"),
+    scale_params={"small": {"embed_dim": 128, "attn_dim": 64}},
+    paper="Ilse et al., ICML 2018 (CLAM-style gated attention, Lu et al. 2021)",
+    code="mahmoodlab/CLAM models/model_clam.py CLAM_SB without instance clustering",
+    description="gated-attention MIL (CLAM_SB, no instance clustering)")

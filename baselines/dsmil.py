@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.layers import FastDropout
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, check_bag
 from momkd.recipe import Recipe
 
@@ -324,3 +325,12 @@ def from_official(state_dict: dict, input_size: int | None = None, output_class:
                   dropout_v=dropout_v, init="torch")
     model.load_state_dict(sd, strict=True)
     return model
+
+
+SPEC = MethodSpec(
+    "dsmil", family="mil", display="DSMIL", job_cost=1.0, build=build, config=DSMILConfig,
+    recipes={"wsi": RECIPE, "classic_mil": CLASSIC_MIL_RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout_patch=0.0:0.5", "passing_v=false,true"),
+    paper="Li, Li & Eliceiri, CVPR 2021",
+    code="binli123/dsmil-wsi dsmil.py MILNet(FCLayer, BClassifier), train_tcga.py",
+    description="dual-stream MIL: max-instance + critical-instance attention (Conv1d bag head)")

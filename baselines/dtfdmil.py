@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.layers import FastDropout
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, bag_label, check_bag
 from momkd.recipe import Recipe
 
@@ -357,3 +358,13 @@ RECIPE = Recipe(
     },
     notes="The script also scores the test set every epoch and reports it at the best validation epoch; only the "
           "validation part is read here.")
+
+
+SPEC = MethodSpec(
+    "dtfdmil", family="mil", display="DTFD-MIL", job_cost=1.8, build=build, config=DTFDMILConfig,
+    recipes={"wsi": RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "droprate=0.0:0.5", "num_group=2,4,8"),
+    scale_params={"small": {"m_dim": 128, "attn_dim": 32}},
+    paper="Zhang et al., CVPR 2022",
+    code="hrzhang1123/DTFD-MIL Model/Attention.py, Model/network.py, utils.py, Main_DTFD_MIL.py",
+    description="double-tier feature distillation MIL over random pseudo-bags (AFS)")

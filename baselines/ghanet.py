@@ -65,6 +65,7 @@ from torch import nn
 from baselines.kd_losses import cosine_cubed
 from baselines.layers import FastDropout, GatedAttention
 from baselines.omics_utils import gene_groups, select_genes_welch, training_omics
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, bag_label, check_bag
 from momkd.recipe import Recipe
 
@@ -307,3 +308,15 @@ RECIPE = Recipe(
         "seed": f"{GHANET_REPO} main.py:L106 (1)",
     },
     notes="A survival model adapted to classification: the best validation c-index becomes the best validation AUC.")
+
+
+SPEC = MethodSpec(
+    "ghanet", family="kd", display="G-HANet", job_cost=10.1, build=build, config=GHANetConfig,
+    needs=frozenset({"omics_train"}),
+    recipes={"wsi": RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "recon_weight=0.03:1.0:log"),
+    scale_params={"small": {"wsi_dim": 128, "dim_head": 32, "gate_dim": 64, "out_dim": 64}},
+    paper="Wang et al., IEEE TMI 2025 (arXiv 2403.10040), survival model adapted to classification",
+    code="ZacharyWang-007/G-HANet models/model_coattn.py, models/model_reconstruction.py, "
+         "models/hyper_attention_module.py",
+    description="genomic tokens reconstruct omics from patches (CAB) + hyper-attention branch; slides only at test")

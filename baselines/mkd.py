@@ -73,6 +73,7 @@ from torch import nn
 from baselines.kd_losses import KDWindow, WindowCE, coral, distill_kl, mkd_orthogonality, similarity_preserving
 from baselines.layers import FastDropout, GatedAttention
 from baselines.omics_utils import BilinearFusion, GeneTokenizer, init_max_weights, snn_block
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, bag_label, check_bag
 from momkd.recipe import Recipe
 
@@ -309,3 +310,14 @@ RECIPE = Recipe(
     },
     notes="The official monitor averages the student's and both teachers' validation AUCs; the teachers need "
           "omics, which validation slides never carry here, so the student's validation AUC is monitored.")
+
+
+SPEC = MethodSpec(
+    "mkd", family="kd", display="MKD", job_cost=4.7, build=build, config=MKDConfig,
+    needs=frozenset({"omics_train"}),
+    recipes={"wsi": RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "temperature=1.0:8.0"),
+    scale_params={"small": {"hidden_dim": 64, "attn_dim": 32}},
+    paper="Zhang et al., MICCAI 2025 (arXiv 2508.17213); journal version GMKDN (IEEE TMI)",
+    code="zqb77/MICCAI25 models/online_kd.py, models/snnmil.py, trainer/online_kd_trainer.py",
+    description="online KD: ABMIL student + multimodal and omics teachers, SP/KL/orthogonality/CORAL")

@@ -38,6 +38,7 @@ from torch import nn
 
 from baselines.abmil import RECIPE as ABMIL_RECIPE
 from baselines.layers import FastDropout
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, check_bag
 
 POOLS = ("mean", "max")
@@ -144,3 +145,13 @@ RECIPE = dataclasses.replace(
              if k != "dropout"},
     notes="The floor borrows ABMIL's (CLAM's) recipe: Adam 2e-4, early stopping on the validation loss after "
           "epoch 50 with patience 20.")
+
+
+SPECS = tuple(MethodSpec(
+    f"{pool}pool", family="floor", display=f"{pool.title()} pooling", job_cost=0.3, build=builder,
+    config=PoolingConfig, recipes={"wsi": RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "hidden_dim=0,64,128,256"),
+    paper=f"{pool} pooling (Wang et al., Pattern Recognition 2018, mi-Net; Ilse et al. 2018)",
+    code=f"no official code: baselines/pooling.py (torchmil {pool.title()}PoolMIL's role)",
+    description=f"floor: linear probe on the {'mean' if pool == 'mean' else 'element-wise max'} patch feature")
+    for pool, builder in (("mean", build_mean), ("max", build_max)))

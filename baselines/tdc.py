@@ -90,6 +90,7 @@ from torch import nn
 from baselines.kd_losses import NCE_FORMS, KDWindow, TDCCriterion, WindowCE, discrepancy_weights, distill_kl
 from baselines.mkd import WINDOW_GRAD_MODES, ABMILNet, PathOmicTeacher, SNNMILNet, check_omics
 from baselines.omics_utils import GeneTokenizer
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, bag_label, check_bag
 from momkd.recipe import Recipe
 
@@ -357,3 +358,19 @@ RECIPE = Recipe(
     },
     notes="TDCLoss is not wired into any official script, so this recipe is the MKD trainer's (the nearest "
           "official one). One optimiser for both stages (the teachers' official lr is 1e-4).")
+
+
+SPEC = MethodSpec(
+    "tdc", family="kd", display="TDC", job_cost=5.0, build=build, config=TDCConfig,
+    needs=frozenset({"omics_train"}),
+    # default: ContrastLoss_v2 and the student term as the official code computes them; the
+    # variant: the per-sample CRD loss and the intended student confidence
+    variants={"per_sample": {"nce_form": "per_sample", "student_softmax_dim0": False}},
+    recipes={"wsi": RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "temperature=1.0:8.0"),
+    scale_params={"small": {"hidden_dim": 64, "attn_dim": 32}},
+    paper="TDCLoss of Xing et al. (MICCAI 2022 DC-Distill; MedIA 2024 CLAT) as shipped in the MKD code base; "
+          "MoMKD's exact 'TDC' reference not found (acronym expansion uncertain)",
+    code="zqb77/MICCAI25 utils/loss/CRD_criterion_v10.py, trainer/batch_kd_trainer.py; "
+         "CityU-AIM-Group/MultiModal-learning MIA 2023/stage2_unimodal_student",
+    description="offline KD from 3 frozen teachers: discrepancy-weighted CRD-NCE with memory bank + logit KD")

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from baselines.nystrom import NystromAttention
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, check_bag
 from momkd.recipe import Recipe
 
@@ -219,3 +220,13 @@ RECIPE = Recipe(
     },
     notes="Trained in float32 (bf16 autocast on GPU) instead of fp16 AMP O2. Lightning divides each slide's loss by "
           "the 2 accumulated steps and steps on a partial accumulation at the epoch end, as here.")
+
+
+SPEC = MethodSpec(
+    "transmil", family="mil", display="TransMIL", job_cost=20.9, build=build, config=TransMILConfig,
+    recipes={"wsi": RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "num_landmarks=32,64,128,256"),
+    scale_params={"small": {"embed_dim": 128, "num_landmarks": 64}},  # keeps landmarks = dim / 2
+    paper="Shao et al., NeurIPS 2021",
+    code="szc19990412/TransMIL models/TransMIL.py + nystrom-attention 0.0.14",
+    description="Nystrom transformer MIL with PPEG position encoding and a cls token")

@@ -45,6 +45,7 @@ from torch import nn
 from torch_geometric.nn import AttentionalAggregation, global_max_pool, global_mean_pool
 
 from baselines.layers import FastDropout
+from benchmarks.spec import MethodSpec
 from momkd.contract import MILModel, Output, check_bag
 from momkd.recipe import Recipe
 
@@ -215,3 +216,13 @@ RECIPE = Recipe(
         "seed": f"{WIKG_REPO} train.py:L132 (2023)",
     },
     notes="No early stopping: every epoch is trained and the best validation-AUC epoch is kept.")
+
+
+SPEC = MethodSpec(
+    "wikg", family="mil", display="WiKG", job_cost=3.0, build=build, config=WiKGConfig,
+    recipes={"wsi": RECIPE},
+    search_space=("lr=1e-5:1e-3:log", "weight_decay=1e-6:1e-2:log", "dropout=0.0:0.5", "topk=4,6,8,12"),
+    scale_params={"small": {"dim_hidden": 128}},
+    paper="Li et al., CVPR 2024",
+    code="WonderLandxD/WiKG model.py, train.py",
+    description="dynamic top-k graph with knowledge-aware attention (WiKG), mean readout")

@@ -118,11 +118,11 @@ def localise(run: Path, methods: list[str] | None = None) -> tuple[pd.DataFrame,
 def localisation_table(df: pd.DataFrame, without: list[str]) -> str:
     from tabulate import tabulate
 
-    from benchmarks.report import METHOD_ORDER, method_name
+    from benchmarks.report import method_name, method_order
 
     cells = df.groupby(["method", "task"])["attention_auc"].agg(["mean", "std", "size"]).reset_index()
     tasks = [t for t in ("her2", "pr", "odx") if t in set(cells["task"])]
-    order = [m for m in METHOD_ORDER if m in set(cells["method"])] + sorted(set(cells["method"]) - set(METHOD_ORDER))
+    order = method_order(set(cells["method"]))
     body = []
     for m in order:
         row = [method_name(m)]

@@ -52,11 +52,6 @@ DASH = "–"
 ALPHA = 0.05
 DAGGER_T, DAGGER_D = "†", "‡"
 
-METHOD_ORDER = ("meanpool", "maxpool", "abmil", "dsmil", "transmil", "dtfdmil", "wikg", "tdc", "mkd", "ghanet",
-                "momkd")
-METHOD_NAMES = {"meanpool": "Mean pooling", "maxpool": "Max pooling", "abmil": "ABMIL", "dsmil": "DSMIL",
-                "transmil": "TransMIL", "dtfdmil": "DTFD-MIL", "wikg": "WiKG", "tdc": "TDC", "mkd": "MKD",
-                "ghanet": "G-HANet", "momkd": "MoMKD"}
 #: Tables 1 and 2 group their rows under these headings (registry families), when two or more are present
 FAMILY_HEADINGS = {"floor": "Pooling floor (no attention)", "mil": "Slide-only MIL",
                    "kd": "Distillation from omics", "ours": "Ours"}
@@ -92,7 +87,10 @@ STATS_COLUMNS = ["table", "task", "split", "metric", "control", "other", "test",
 
 
 def method_name(key: str) -> str:
-    return METHOD_NAMES.get(key, key)
+    """The method's display name (``MethodSpec.display``; the key for unregistered ones)."""
+    from benchmarks import registry
+
+    return registry.display_name(key)
 
 
 def method_family(key: str) -> str:
@@ -553,11 +551,20 @@ class _Index:
         return sorted(set(zip(df["method"], df["variant"])))
 
 
-def _method_order(methods: Iterable[str]) -> list[str]:
+def method_order(methods: Iterable[str]) -> list[str]:
+    """Table order: by registry family (floor, mil, kd, ours), then registration order (built-in
+    methods as in the paper's Table 1, plugins after them); unregistered keys sorted, then the
+    control (MoMKD) last."""
+    from benchmarks import registry
+
     ms = set(methods)
-    known = [m for m in METHOD_ORDER if m in ms and m != CONTROL[0]]
-    other = sorted(ms - set(METHOD_ORDER))
+    rank = {n: (registry.FAMILIES.index(s.family), i) for i, (n, s) in enumerate(registry.METHODS.items())}
+    known = sorted((m for m in ms if m in rank and m != CONTROL[0]), key=rank.__getitem__)
+    other = sorted(m for m in ms if m not in rank and m != CONTROL[0])
     return known + other + ([CONTROL[0]] if CONTROL[0] in ms else [])
+
+
+_method_order = method_order
 
 
 def _paper_lookup(paper: pd.DataFrame, table: int) -> dict[tuple, tuple[float, float]]:

@@ -44,14 +44,22 @@ class Suite:
         return ProtocolConfig.from_dict(d)
 
     def params_for_scale(self, scale: str | None) -> dict[str, dict[str, Any]]:
-        """Per-method hyper-parameter overrides of a simulated scale preset (``[params_by_scale.<scale>.
-        <method>]`` in the suite file); empty on real data and where the file sets none."""
+        """Per-method hyper-parameter overrides of a simulated scale preset: each method's own
+        ``MethodSpec.scale_params[scale]``, then the suite file's ``[params_by_scale.<scale>.<method>]``
+        on top (``inherit = "small"`` takes the parent preset's first). Empty on real data."""
+        if not scale:
+            return {}
+        from benchmarks import registry
+
         by_scale = self.raw.get("params_by_scale", {})
-        table = dict(by_scale.get(scale or "", {}))
+        table = dict(by_scale.get(scale, {}))
         parent = table.pop("inherit", None)  # e.g. tiny: inherit = "small"
-        out = {m: dict(hp) for m, hp in by_scale.get(parent, {}).items()} if parent else {}
-        for m, hp in table.items():
-            out[m] = {**out.get(m, {}), **hp}
+        out: dict[str, dict[str, Any]] = {}
+        for level, file_table in (((parent, by_scale.get(parent, {})),) if parent else ()) + ((scale, table),):
+            for source in (registry.scale_params(level), file_table):
+                for m, hp in source.items():
+                    if m != "inherit":
+                        out[m] = {**out.get(m, {}), **hp}
         return out
 
     def label_maps(self) -> dict[str, dict[str, int]]:
