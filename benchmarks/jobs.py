@@ -13,7 +13,6 @@ planned job that failed, is missing or cannot be read is reported, never average
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from benchmarks.hashing import stable_hash
 
 PLAN_FILE = "plan.json"
 #: what identifies a job in a table; two planned jobs with one key would be averaged together
@@ -61,7 +62,7 @@ class Job:
                "train": self.train}
         if self.external_fingerprint:  # only jobs that score an external cohort carry it
             key["external"] = self.external_fingerprint
-        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return stable_hash(key)
 
     @property
     def label(self) -> str:
@@ -168,15 +169,6 @@ class ResultStore:
         the failure; the next run retries the job (:meth:`done` is false)."""
         return self.save(job, {"status": "failed", "error": error, "traceback_tail": tb.strip().splitlines()[-8:]})
 
-    def load(self, job: Job) -> dict[str, Any]:
-        return json.loads(self.path(job).read_text())
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        for p in sorted(self.dir.glob("*.json")):
-            try:
-                yield json.loads(p.read_text())
-            except json.JSONDecodeError:
-                continue
 
 
 # ------------------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from benchmarks.hashing import stable_hash
 from benchmarks.data.normalize import FeatureScaler
 from benchmarks.metrics import binary_metrics, choose_threshold
 from benchmarks.protocol import Split
@@ -105,7 +104,7 @@ class LiteratureProtocol:
     def hash(self, mode: str) -> str:
         d = {**dataclasses.asdict(self), "mode": mode}
         d.pop("evidence"), d.pop("title")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return stable_hash(d, 12)
 
 
 def load_protocols(path: str | Path = PROTOCOLS_FILE) -> dict[str, LiteratureProtocol]:

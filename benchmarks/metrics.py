@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
-HIGHER_IS_BETTER = {"auc": True, "acc": True, "f1": True, "bacc": True, "auprc": True}
-
 
 def _check(y_true, p) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true).astype(int).ravel()

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from benchmarks.hashing import stable_hash
+
 PARTS = ("train", "val", "test")
 FEATURE_NORMS = ("none", "train_zscore")  # patch-feature standardisation (benchmarks/data/normalize.py)
 
@@ -75,7 +77,7 @@ class ProtocolConfig:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        return stable_hash(self.to_dict(), 12)
 
 
 class LeakError(RuntimeError):

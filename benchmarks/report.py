@@ -1115,10 +1115,3 @@ def main(args) -> int:
         print(f"wrote {written[rel]}")
     return 0
 
-
-if __name__ == "__main__":  # python -m benchmarks.report --run DIR
-    import argparse
-
-    _p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__)
-    add_arguments(_p)
-    sys.exit(main(_p.parse_args()))

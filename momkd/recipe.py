@@ -16,10 +16,10 @@ This module imports nothing (a method package can declare its recipe without the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from benchmarks.hashing import stable_hash
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "radam", "lookahead_radam")
 SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau")
@@ -151,7 +151,7 @@ class Recipe:
         return d
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.training_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return stable_hash(self.training_dict(), 12)
 
     def summary(self) -> str:
         """One line for captions and logs, e.g. ``official: adam lr 2e-4 wd 1e-5, 200 ep, val_loss p20``."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -29,7 +28,6 @@ class Bag:
     label: int | None = None
     knn_k: int = 8
     _edge_index: torch.Tensor | None = field(default=None, repr=False)
-    meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def n_patches(self) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmarks.hashing import stable_hash
 from benchmarks.data.bag import Bag
 
 _CACHE: dict[str, "Cohort"] = {}
@@ -43,7 +43,7 @@ class CohortSource:
     feature_transform: str = "none"  # milcsv: fixed element-wise feature map ("none" | "signed_log1p")
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return stable_hash(asdict(self))
 
 
 @dataclass
@@ -118,7 +118,7 @@ class Cohort:
 
 
 def _fingerprint(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(parts)
 
 
 def _simulated(src: CohortSource) -> Cohort:
