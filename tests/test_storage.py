@@ -144,3 +144,19 @@ def test_bags_move_to_the_accelerator_once_only_when_they_fit(monkeypatch, free,
     assert [len(p) for p in out] == [2, 1]
     cpu, did = stage_bags(parts, torch.device("cpu"))
     assert not did and [b.moved for p in parts for b in p] == [int(moved)] * 3
+
+
+def test_smoke_grid_trains_one_epoch_per_method_and_writes_only_its_table(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    assert main(["run", "--scale", "tiny", "--grids", "smoke", "--methods", "abmil,tdc", "--workers", "1",
+                 "--no-tracking", "--no-progress", "--out", str(out)]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out / "tables" / "smoke.csv")
+    assert list(df["method"]) == ["abmil", "tdc"] and set(df["status"]) == {"ok"} and set(df["fold"]) == {0}
+    assert list(df["stages_x_epochs"]) == [1, 2]  # one epoch per stage: TDC's teachers, then its student
+    assert (df["steps"] > 0).all() and (df["epoch_s"] >= 0).all() and (df["mem_peak_gb"] > 0).all()
+    assert not (out / "tables" / "table1.md").exists()  # one-epoch AUCs never reach Tables 1-4
+    assert "Smoke grid" in (out / "tables" / "smoke.md").read_text()
+    assert main(["run", "--scale", "tiny", "--grids", "smoke,cv", "--no-tracking", "--out", str(tmp_path / "x")]) == 2
+    assert "runs alone" in capsys.readouterr().err
