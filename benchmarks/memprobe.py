@@ -102,7 +102,10 @@ class PeakMemory:
 
 
 def probe(cmd: list[str], interval: float = 0.5) -> dict[str, float]:
-    idle = min(in_use()[0] for _ in range(3) if time.sleep(0.2) is None)
+    idle = in_use()[0]
+    for _ in range(2):  # the lowest of three readings 0.2 s apart
+        time.sleep(0.2)
+        idle = min(idle, in_use()[0])
     peak, peak_swap, peak_rss = idle, 0, 0
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)

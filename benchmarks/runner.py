@@ -312,7 +312,7 @@ def _sources(suite: Suite, args) -> tuple[CohortSource, CohortSource | None, str
     return main, ext, f"sim-{scale}"
 
 
-def plan_sources(src: CohortSource, ext: CohortSource | None, args, quiet: bool = False
+def plan_sources(src: CohortSource, ext: CohortSource | None, args
                  ) -> tuple[CohortSource, CohortSource | None, dict[str, Any]]:
     """Decide, per cohort, between in-memory features and the shared memory-mapped store
     (``benchmarks/data/storage.py``: ``--memory-budget``, ``--feature-store``, ``--feature-dtype``),
@@ -324,14 +324,13 @@ def plan_sources(src: CohortSource, ext: CohortSource | None, args, quiet: bool 
     workers = int(getattr(args, "workers", 1) or 1) if getattr(args, "executor", "local") == "local" else 1
     out, plans = [], {}
     for s in (src, ext):
-        if s is None:
-            out.append(None)
-            continue
-        s, plan = plan_storage(s, workers, budget, force_store=bool(getattr(args, "feature_store", False)),
-                               dtype=getattr(args, "feature_dtype", None))
-        if plan.feature_bytes is not None and not quiet:
-            print(plan.describe(s.name + ("_external" if s.external else "")), file=sys.stderr)
-        plans[s.name + ("_external" if s.external else "")] = dataclasses.asdict(plan)
+        if s is not None:
+            s, plan = plan_storage(s, workers, budget, force_store=bool(getattr(args, "feature_store", False)),
+                                   dtype=getattr(args, "feature_dtype", None))
+            label = s.name + ("_external" if s.external else "")  # the loaded cohort's name
+            if plan.feature_bytes is not None:
+                print(plan.describe(label), file=sys.stderr)
+            plans[label] = dataclasses.asdict(plan)
         out.append(s)
     return out[0], out[1], plans
 
@@ -466,8 +465,6 @@ def main(args) -> int:
     unknown = [t for t in tasks if t not in suite.tasks]
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; suite {suite.name} has {list(suite.tasks)}")
-    if suite.external_task not in tasks:
-        unused_ext, ext_src = unused_ext or ext_src, None
     ext_cohort = load_cohort(ext_src) if ext_src is not None else None
     if ext_cohort is not None:
         check_external_disjoint(cohort.manifest, ext_cohort.manifest,

@@ -147,8 +147,7 @@ def _simulated(src: CohortSource) -> Cohort:
         store = FeatureStore.open_or_write(
             key, {sid: functools.partial(slide, sid) for sid in manifest["slide_id"]}, src.feature_dtype,
             what=f"writing the simulated {src.scale} cohort to the feature store (once)")
-        features = {sid: store[sid] for sid in store}
-        coords = {sid: store.coords(sid) for sid in store}
+        features, coords = store.mappings()
     return Cohort(name=src.name + ("_external" if src.external else ""), manifest=manifest, features=features,
                   coords=coords, omics=sc.omics, fingerprint=fp, source=src)
 
@@ -185,8 +184,7 @@ def _files(src: CohortSource) -> Cohort:
         store = FeatureStore.open_or_build(paths, dtype=src.feature_dtype)
     if store is not None:
         problems.extend(p for p in store.problems if p.slide_id in paths)
-        for sid in store:
-            feats[sid], coords[sid] = store[sid], store.coords(sid)
+        feats, coords = store.mappings()
     else:
         for sid, p in tqdm(paths.items(), desc="reading feature files", leave=False, disable=len(paths) < 50):
             try:

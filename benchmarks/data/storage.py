@@ -27,13 +27,12 @@ BUDGET_FRACTION = 0.5  # of the memory available when the run starts
 
 def available_memory() -> int:
     """Bytes of memory available now (``MemAvailable``: free plus reclaimable page cache)."""
+    from benchmarks.memprobe import meminfo
+
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return meminfo()["MemAvailable"]
+    except (OSError, KeyError):  # not Linux
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def parse_bytes(text: str | float | int) -> int:
@@ -81,9 +80,11 @@ def _file_feature_bytes(path: Path) -> int:
     if path.suffix == ".h5":
         import h5py
 
+        from benchmarks.data.readers import FEATURE_KEYS
+
         try:
             with h5py.File(path, "r") as f:
-                for key in ("features", "feats", "patch_embeddings"):
+                for key in FEATURE_KEYS:
                     if key in f:
                         n = 1
                         for s in f[key].shape:

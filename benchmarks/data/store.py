@@ -74,6 +74,10 @@ class FeatureStore(Mapping[str, np.ndarray]):
         e = self.index[slide_id]
         return self._coords[e["start"]:e["start"] + e["n"]] if e["has_coords"] else None
 
+    def mappings(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+        """({slide_id: features}, {slide_id: coords or None}) as memory-mapped views (no copy)."""
+        return {sid: self[sid] for sid in self}, {sid: self.coords(sid) for sid in self}
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.index)
 
